@@ -1,0 +1,194 @@
+"""The typed intermediate representation of a spec (what every later stage consumes).
+
+All models are frozen and forbid unknown fields, so a Spec read back from JSON is
+exactly the Spec that was written. Nothing here touches torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TENSORS: tuple[str, ...] = ("A", "B", "C", "D", "E")
+KIND_NAMES: tuple[str, ...] = ("lora", "vector", "scalar", "none")
+
+#: Which kinds each support tensor may take (DESIGN.md §1, the authors' code).
+ALLOWED_KINDS: dict[str, tuple[str, ...]] = {
+    "A": ("lora", "vector", "scalar", "none"),
+    "B": ("lora", "vector", "scalar", "none"),
+    "C": ("lora", "vector", "none"),
+    "D": ("vector", "scalar", "none"),
+    "E": ("vector", "scalar", "none"),
+}
+
+#: Layer types a selector can filter on. ``Conv1x1`` is a Conv2d with a 1×1 kernel
+#: and one group (a Linear over channels); ``Conv2d`` matches every Conv2d.
+LAYER_TYPES: tuple[str, ...] = ("Linear", "Conv2d", "Conv1x1")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Kind(_Frozen):
+    """One kind a support tensor can take: ``lora(rank)``, ``vector``, ``scalar`` or ``none``."""
+
+    kind: Literal["lora", "vector", "scalar", "none"]
+    rank: Optional[int] = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _rank_only_for_lora(self) -> "Kind":
+        if (self.kind == "lora") != (self.rank is not None):
+            raise ValueError("`lora` needs a rank and only `lora` has one")
+        return self
+
+    def __str__(self) -> str:
+        return f"lora({self.rank})" if self.kind == "lora" else self.kind
+
+    @classmethod
+    def parse(cls, text: str) -> "Kind":
+        """``"lora(8)"`` → Kind(kind="lora", rank=8); ``"vector"`` → Kind(kind="vector")."""
+        text = text.strip()
+        if text.startswith("lora(") and text.endswith(")"):
+            return cls(kind="lora", rank=int(text[5:-1]))
+        return cls(kind=text)  # type: ignore[arg-type]
+
+
+NONE = Kind(kind="none")
+
+
+class Space(_Frozen):
+    """The allowed kinds of each support tensor of one layer. Omitted tensors are ``none``."""
+
+    A: tuple[Kind, ...] = (NONE,)
+    B: tuple[Kind, ...] = (NONE,)
+    C: tuple[Kind, ...] = (NONE,)
+    D: tuple[Kind, ...] = (NONE,)
+    E: tuple[Kind, ...] = (NONE,)
+
+    def tensor(self, name: str) -> tuple[Kind, ...]:
+        return getattr(self, name)
+
+    def items(self):
+        return ((t, self.tensor(t)) for t in TENSORS)
+
+    def size(self) -> int:
+        """Number of distinct structures this space allows for one layer."""
+        n = 1
+        for _, kinds in self.items():
+            n *= len(kinds)
+        return n
+
+    def max_rank(self, name: str) -> int:
+        return max((k.rank or 0) for k in self.tensor(name))
+
+    def __str__(self) -> str:
+        return "  ".join(f"{t}: {' | '.join(map(str, ks))}" for t, ks in self.items())
+
+
+class LayerChoice(_Frozen):
+    """One structure for one layer: exactly one kind per support tensor."""
+
+    A: Kind = NONE
+    B: Kind = NONE
+    C: Kind = NONE
+    D: Kind = NONE
+    E: Kind = NONE
+
+    def tensor(self, name: str) -> Kind:
+        return getattr(self, name)
+
+    def items(self):
+        return ((t, self.tensor(t)) for t in TENSORS)
+
+    def __str__(self) -> str:
+        return " ".join(f"{t}={k}" for t, k in self.items())
+
+
+class Origin(_Frozen):
+    """Where a construct was written: file (as given), 1-based line and column."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class Selector(_Frozen):
+    """Which layers a rule applies to: dotted-name globs, a type filter and exclusions."""
+
+    patterns: tuple[str, ...]
+    types: tuple[Literal["Linear", "Conv2d", "Conv1x1"], ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+class Rule(_Frozen):
+    """``adapt`` binds a space to the selected layers; ``exclude`` leaves them untouched.
+
+    Precedence: for each layer the *last* matching rule in source order wins (rules of an
+    included file sit where its ``include`` line is).
+    """
+
+    action: Literal["adapt", "exclude"]
+    selector: Selector
+    space: Optional[Space] = None
+    space_name: Optional[str] = None
+    origin: Origin
+
+
+class TrainRule(_Frozen):
+    """Modules whose own parameters train fully (typically the new classifier head)."""
+
+    patterns: tuple[str, ...]
+    origin: Origin
+
+
+class Budget(_Frozen):
+    """A cap on the adapter parameters of a searched structure."""
+
+    params: int = Field(ge=1)
+    include_trained: bool = False
+    origin: Optional[Origin] = None
+
+
+class SearchSettings(_Frozen):
+    """Evolutionary search (paper defaults, DESIGN.md §2)."""
+
+    population: int = Field(default=50, ge=2)
+    generations: int = Field(default=20, ge=1)
+    parents: int = Field(default=10, ge=1)
+    mutations: int = Field(default=25, ge=0)
+    crossovers: int = Field(default=25, ge=0)
+    mutation_prob: float = Field(default=0.2, ge=0.0, le=1.0)
+    seed: int = Field(default=0, ge=0)
+
+
+class TrainSettings(_Frozen):
+    """Supernet training (paper's ViT-B/16 VTAB-1k recipe, DESIGN.md §2)."""
+
+    epochs: int = Field(default=500, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    batch_size: int = Field(default=64, ge=1)
+    warmup_epochs: int = Field(default=10, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr: float = Field(default=1e-8, ge=0.0)
+    grad_clip: Optional[float] = Field(default=None, gt=0.0)
+    seed: int = Field(default=0, ge=0)
+
+
+class Spec(_Frozen):
+    """A validated spec: what to adapt, how, under which budget and settings."""
+
+    format_version: Literal[1] = 1
+    model: Optional[str] = None
+    rules: tuple[Rule, ...] = ()
+    trained: tuple[TrainRule, ...] = ()
+    budget: Optional[Budget] = None
+    bias: Literal["preserve", "add"] = "preserve"
+    search: SearchSettings = SearchSettings()
+    training: TrainSettings = TrainSettings()
+    files: tuple[str, ...] = ()
