@@ -33,7 +33,6 @@ def _cmd_check(args) -> int:
 
 def _cmd_fmt(args) -> int:
     from .dsl import format_source, read_spec_file
-    from .safeio import atomic_write_text
 
     status = 0
     for file in args.files:
@@ -47,7 +46,9 @@ def _cmd_fmt(args) -> int:
                 status = 1
         elif args.write:
             if formatted != text:
-                atomic_write_text(Path(file), formatted, force=True)
+                from .safeio import atomic_write
+
+                atomic_write(Path(file), lambda tmp: tmp.write_text(formatted, "utf-8"), force=True)
                 print(f"{file}: formatted")
         else:
             sys.stdout.write(formatted)

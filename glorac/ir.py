@@ -106,6 +106,16 @@ class LayerChoice(_Frozen):
         return " ".join(f"{t}={k}" for t, k in self.items())
 
 
+class Structure(_Frozen):
+    """A whole-model structure: one :class:`LayerChoice` per adapted layer (by qualified name).
+
+    This is what search returns, what ``glorac fold --choice`` reads (as JSON) and what
+    a checkpoint stores, so the per-layer structure is never lost on save.
+    """
+
+    layers: dict[str, LayerChoice]
+
+
 class Origin(_Frozen):
     """Where a construct was written: file (as given), 1-based line and column."""
 

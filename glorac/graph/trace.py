@@ -1,0 +1,69 @@
+"""Graph front end: torch.fx tracing that honours timm's leaf/no-trace registries.
+
+When tracing fails (data-dependent control flow, Hugging Face models, ...), the caller
+falls back to the module front end; :class:`TraceFailure` says which module broke and
+why, so a user can fix it or ignore it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch.fx as fx
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TraceFailure:
+    module: str  # qualified name of the innermost module being traced ("" = the root)
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"in module `{self.module}`" if self.module else "in the model's own forward"
+        return f"{where}: {self.reason}"
+
+
+def _timm_registries() -> tuple[tuple[type, ...], tuple]:
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:  # timm is a dependency, but tracing a user model must not need it
+        return (), ()
+    modules = tuple(timm_fx.get_notrace_modules())
+    functions = tuple(timm_fx.get_notrace_functions())
+    return modules, functions
+
+
+class SiteTracer(fx.Tracer):
+    """Keeps Linear/Conv2d (and timm's no-trace modules) as leaves; remembers where it is."""
+
+    def __init__(self) -> None:
+        leaf_types, autowrap = _timm_registries()
+        super().__init__(autowrap_functions=autowrap)
+        self.leaf_types = leaf_types
+        self.glorac_scope: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (nn.Linear, nn.Conv2d)) or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.glorac_scope.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.glorac_scope.pop()
+
+
+def trace(model: nn.Module) -> tuple[Optional[fx.GraphModule], Optional[TraceFailure]]:
+    """Symbolically trace ``model``; never raises for an untraceable model."""
+    tracer = SiteTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        module = tracer.glorac_scope[-1] if tracer.glorac_scope else ""
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return None, TraceFailure(module, reason[:300])
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name), None
