@@ -35,6 +35,9 @@ class Supernet(nn.Module):
         self.spec = spec
         self.model_ref = model_ref
         self.base_digest: Optional[str] = None
+        # The structure chosen for deployment (by search or by hand); None while the
+        # supernet is still a space of structures. Saved with checkpoints.
+        self.structure: Optional[Structure] = None
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -67,6 +70,11 @@ class Supernet(nn.Module):
                             "give a choice for every layer (or partial=True)")
         for name, layer_choice in layers.items():
             self._adapters[name].set_choice(layer_choice)
+
+    def select(self, structure: Structure) -> None:
+        """Make ``structure`` the chosen one (kept in checkpoints, used by fold) and activate it."""
+        self.set_choice(structure)
+        self.structure = structure
 
     def structure_params(self, structure: Optional[Structure] = None) -> int:
         """Adapter parameters a structure really uses (the budget's measure, head excluded)."""

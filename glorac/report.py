@@ -1,0 +1,63 @@
+"""Human-readable tables (rich) for plans and structures."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .ir import Kind, Space
+
+_SHORT = {"vector": "v", "scalar": "s", "none": "–"}
+LEGEND = "kinds: l<r> = lora(r), v = vector, s = scalar, – = none"
+
+
+def short_kind(kind: Kind) -> str:
+    return f"l{kind.rank}" if kind.kind == "lora" else _SHORT[kind.kind]
+
+
+def short_space(space: Space) -> str:
+    return " ".join(f"{t}:{'|'.join(short_kind(k) for k in ks)}" for t, ks in space.items())
+
+
+def make_console() -> Console:
+    console = Console()
+    # Tables are read in terminals and in CI logs alike; a pipe gets a wide, unwrapped table.
+    return console if console.is_terminal else Console(width=200)
+
+
+def human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))
+
+
+def print_plan(plan, title: str = "", console: Console | None = None) -> None:
+    console = console or make_console()
+    table = Table(title=title or None, show_lines=False, caption=LEGEND)
+    for col in ("layer", "type", "shape", "allowed kinds", "max params", "rule", "notes"):
+        table.add_column(col, overflow="fold", justify="right" if col == "max params" else "left")
+    for lp in plan.layers:
+        site = lp.site
+        kind = site.type + (" (functional)" if site.functional else "")
+        rule = f"{lp.rule.file}:{lp.rule.line}"
+        table.add_row(lp.qualname, kind, site.shape, short_space(lp.space), f"{lp.max_params:,}",
+                      rule, "; ".join(lp.notes))
+    console.print(table)
+    front = "torch.fx graph" if plan.front_end == "fx" else "module swap"
+    console.print(f"front end: {front}" + (f" (tracing failed {plan.trace_failure})"
+                                             if plan.trace_failure else ""))
+    for name, why in plan.skipped:
+        console.print(f"skipped {name}: {why}")
+    console.print(f"layers adapted: {len(plan.layers)}")
+    console.print(f"trained modules: {', '.join(plan.trained) or 'none'} ({plan.trained_params:,} params)")
+    console.print(f"supernet trainable params: {plan.supernet_params:,}")
+    console.print(f"smallest subnet: {plan.min_params:,}   largest subnet: {plan.max_params:,} "
+                  "adapter params")
+    console.print(f"structures: 10^{plan.log10_structures:.1f}")
+    if plan.budget is None:
+        console.print("budget: none set")
+    else:
+        feasible = "feasible" if plan.budget_feasible else "INFEASIBLE (below the smallest subnet)"
+        counted = " incl. trained" if plan.budget.include_trained else ""
+        console.print(f"budget: {plan.budget.params:,}{counted} → {feasible}")
