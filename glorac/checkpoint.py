@@ -139,9 +139,10 @@ def load(path: Union[str, Path], *, model: Optional[nn.Module] = None, device: s
             f"(model {ref.name!r}, num_classes={ref.num_classes}, weights={ref.weights}). The adapters "
             "only make sense on the same base weights: pass the same --weights file / model.")
     supernet = compile_supernet(spec, base, front_end=stored_plan.front_end)
-    if supernet.plan != stored_plan:
+    if (supernet.plan.layers, supernet.plan.trained) != (stored_plan.layers, stored_plan.trained):
         raise CheckpointError(f"{path}: the plan rebuilt from the stored spec differs from the stored "
                               "plan; the model's architecture changed since the checkpoint was written.")
+    supernet.plan = stored_plan  # keeps what was recorded at compile time (e.g. why tracing failed)
     supernet.model_ref = ref
     supernet.base_digest = digest
     _load_tensors(supernet, payload, path)

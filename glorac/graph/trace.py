@@ -42,11 +42,29 @@ class SiteTracer(fx.Tracer):
         super().__init__(autowrap_functions=autowrap)
         self.leaf_types = leaf_types
         self.glorac_scope: list[str] = []
+        self._param_names: dict[int, str] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (nn.Linear, nn.Conv2d)) or (self.leaf_types and isinstance(m, self.leaf_types)):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def trace(self, root, concrete_args=None):
+        # fx finds a parameter's name by scanning every parameter of the model on each
+        # attribute access (quadratic in depth); one id → name table makes it linear.
+        if isinstance(root, nn.Module):
+            self._param_names: dict[int, str] = {}
+            for name, p in root.named_parameters():
+                self._param_names.setdefault(id(p), name)
+        return super().trace(root, concrete_args)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        name = self._param_names.get(id(attr_val)) if isinstance(attr_val, nn.Parameter) else None
+        if name is None or self.param_shapes_constant:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
 
     def call_module(self, m, forward, args, kwargs):
         self.glorac_scope.append(self.path_of_module(m))
