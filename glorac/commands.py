@@ -27,6 +27,17 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_compile)
 
 
+    p = sub.add_parser("fold", help="fold the chosen structure into plain base weights")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="supernet checkpoint (.pt)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .safetensors file (a directory for Hugging Face models)")
+    p.add_argument("--choice", default=None, help="structure JSON (from `glorac search`)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the numeric check of folded vs adapted outputs")
+    p.set_defaults(func=cmd_fold)
+
+
 def _spec_and_model_args(p) -> None:
     p.add_argument("spec", metavar="SPEC", help=".glora spec file")
     p.add_argument("--model", "-m", help="timm name, hf:DIR_OR_ID, or package.module:factory "
@@ -75,4 +86,18 @@ def cmd_compile(args) -> int:
     p = supernet.plan
     print(f"wrote {path}: {len(p.layers)} adapted layers ({p.front_end} front end), "
           f"{p.supernet_params:,} trainable parameters, base weights not stored")
+    return 0
+
+
+def cmd_fold(args) -> int:
+    from .export import check_fold_output, fold_checkpoint
+
+    check_fold_output(args.checkpoint, args.output, force=args.force)
+    result = fold_checkpoint(args.checkpoint, args.output, choice=args.choice, force=args.force,
+                             verify=args.verify)
+    from .report import print_fold_report
+
+    print_fold_report(result.report)
+    print(f"wrote {result.output} (+ {result.sidecar.name}): loads into the stock "
+          f"{result.model_name} with strict=True")
     return 0

@@ -61,3 +61,23 @@ def print_plan(plan, title: str = "", console: Console | None = None) -> None:
         feasible = "feasible" if plan.budget_feasible else "INFEASIBLE (below the smallest subnet)"
         counted = " incl. trained" if plan.budget.include_trained else ""
         console.print(f"budget: {plan.budget.params:,}{counted} → {feasible}")
+
+
+def print_fold_report(report, console: Console | None = None, max_rows: int = 60) -> None:
+    console = console or make_console()
+    table = Table(title="fold report", caption=f"dtype {report.dtype}, tolerance {report.tolerance:g}")
+    for col in ("layer", "structure", "params folded", "max |Δ| (layer probe)"):
+        table.add_column(col, justify="right" if col != "layer" and col != "structure" else "left")
+    for lf in report.layers[:max_rows]:
+        table.add_row(lf.layer, lf.structure, f"{lf.params:,}", f"{lf.max_abs_delta:.2e}")
+    if len(report.layers) > max_rows:
+        table.add_row(f"... {len(report.layers) - max_rows} more", "", "", "")
+    console.print(table)
+    total = sum(lf.params for lf in report.layers)
+    console.print(f"adapter parameters folded: {total:,} across {len(report.layers)} layers")
+    if report.rel_error is not None:
+        console.print(f"end to end: max |Δ| = {report.max_abs_error:.3e}, max|Δ|/max|y| = "
+                      f"{report.rel_error:.3e} (tolerance {report.tolerance:g}) → "
+                      f"{'ok' if report.ok else 'FAILED'}")
+    elif report.note:
+        console.print(report.note)

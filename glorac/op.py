@@ -1,0 +1,302 @@
+"""The GLoRA op: one supernet layer's support tensors and the cheapest exact forward.
+
+    W' = W0 + W0 ⊙ A + B            b' = b0 + b0 ⊙ D + E + W0 · C            (DESIGN.md §1)
+
+The adapter owns only the shared support storage (see :mod:`glorac.kinds`); the frozen
+base weight and bias are passed to :meth:`GloraAdapter.forward` by the caller, so one
+adapter serves an ``nn.Linear`` module and a functional ``F.linear`` call site alike and
+never copies the base. The structure used is ``adapter.choice``, set from outside
+(sampling belongs to the trainer, with a seeded generator, never inside forward).
+
+Which computation runs (all exact, one full GEMM/conv per call):
+
+* A = lora, or a grouped conv: materialise W' once, one matmul/conv with W' and b'.
+* A ∈ {vector, scalar, none}: x·(W0 ⊙ (1+a))ᵀ is the base output scaled per output
+  channel, so run the base op once, scale it, and add B as a side path
+  (lora: x→V→U like LoRA; vector/scalar: rowsum(x) ⊗ b). No weight-sized tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .errors import PlanError
+from .ir import LayerChoice, Space
+from .kinds import Geometry, choice_in_space, max_choice, storage_shapes
+
+#: A choice compiled to plain Python values: ((kind, rank), ...) in TENSORS order.
+#: forward branches only on these, so torch.compile specialises cleanly per choice.
+_Kinds = tuple[tuple[str, int], ...]
+
+_CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def _normalise_conv(conv: Optional[dict]) -> dict:
+    """Conv settings in nn.Conv2d's own form (pairs), so two spellings compare equal."""
+    unknown = set(conv or {}) - set(_CONV_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown conv parameters {sorted(unknown)}; expected {sorted(_CONV_DEFAULTS)}")
+    c = dict(_CONV_DEFAULTS, **(conv or {}))
+    pad = c["padding"] if isinstance(c["padding"], str) else _pair(c["padding"])
+    return {"stride": _pair(c["stride"]), "padding": pad, "dilation": _pair(c["dilation"]), "groups": int(c["groups"])}
+
+
+def _compile_choice(choice: LayerChoice) -> _Kinds:
+    return tuple((k.kind, k.rank or 0) for _, k in choice.items())
+
+
+class GloraAdapter(nn.Module):
+    """Shared support tensors of one layer plus the currently selected structure."""
+
+    def __init__(
+        self,
+        space: Space,
+        geom: Geometry,
+        *,
+        layer: Literal["linear", "conv2d"],
+        conv: Optional[dict] = None,
+        dtype: torch.dtype = torch.float32,
+        device: Union[torch.device, str, None] = None,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        if layer not in ("linear", "conv2d"):
+            raise ValueError(f"layer must be 'linear' or 'conv2d', not {layer!r}")
+        if layer == "linear" and conv:
+            raise ValueError("conv parameters given for a linear adapter")
+        self.space, self.geom, self.layer = space, geom, layer
+        self.conv = _normalise_conv(conv) if layer == "conv2d" else None
+        for name, shape in storage_shapes(space, geom).items():
+            self.register_parameter(name, nn.Parameter(self._init_value(name, shape, dtype, device, generator)))
+        self.set_choice(max_choice(space, geom))
+
+    @staticmethod
+    def _init_value(name, shape, dtype, device, generator) -> Tensor:
+        # Out-side factors, D and E start at zero so a fresh adapter is the base layer;
+        # in-side factors get nn.Linear's kaiming-uniform bound 1/sqrt(fan_in) so the
+        # out-side factors receive non-zero gradients from the first step.
+        value = torch.zeros(shape, dtype=dtype, device=device)
+        if name.endswith("_in"):
+            bound = 1.0 / math.sqrt(shape[1])
+            value.uniform_(-bound, bound, generator=generator)
+        return value
+
+    # ------------------------------------------------------------------ choice
+    def set_choice(self, choice: LayerChoice) -> None:
+        """Select the structure forward and fold use; it must lie in the space."""
+        if not isinstance(choice, LayerChoice):
+            raise TypeError(f"expected a LayerChoice, got {type(choice).__name__}")
+        if not choice_in_space(choice, self.space):
+            bad = [f"{t}={k}" for t, k in choice.items() if k not in self.space.tensor(t)]
+            raise PlanError(
+                f"choice {', '.join(bad)} is outside this layer's space ({self.space}); "
+                "pick kinds (and lora ranks) that the space lists"
+            )
+        self.choice = choice
+        self._kinds: _Kinds = _compile_choice(choice)
+
+    def extra_repr(self) -> str:
+        g = self.geom
+        return f"{self.layer}, out={g.out}, fan_in={g.fan_in}, space=[{self.space}], choice=[{self.choice}]"
+
+    # ------------------------------------------------------ support tensors
+    def _lowrank(self, tensor: str, rank: int, dtype) -> tuple[Tensor, Tensor]:
+        u = getattr(self, f"{tensor}_out")[:, :rank]
+        v = getattr(self, f"{tensor}_in")[:rank, :]
+        return u.to(dtype), v.to(dtype)
+
+    def _column0(self, tensor: str, kind: str, dtype) -> Tensor:
+        """vector → column 0 of the out-side factor (out,); scalar → its [0, 0] (0-d)."""
+        p = getattr(self, f"{tensor}_out")
+        return (p[:, 0] if kind == "vector" else p[0, 0]).to(dtype)
+
+    def _dense_ab(self, tensor: str, kind: tuple[str, int], w: Tensor) -> Optional[Tensor]:
+        """A or B as a tensor broadcastable to ``w`` (None for none)."""
+        name, rank = kind
+        if name == "none":
+            return None
+        if name == "lora":
+            u, v = self._lowrank(tensor, rank, w.dtype)
+            return (u @ v).view(w.shape)
+        col = self._column0(tensor, name, w.dtype)
+        return col.view(-1, *[1] * (w.dim() - 1)) if name == "vector" else col
+
+    def _c_vector(self, kind: tuple[str, int], dtype) -> Tensor:
+        name, rank = kind
+        if name == "lora":
+            u, v = self._lowrank("C", rank, dtype)
+            return (u @ v)[:, 0]
+        return self.C_out[:, 0].to(dtype)
+
+    def _effective_weight(self, w: Tensor, kinds: _Kinds) -> Tensor:
+        """W0 + W0⊙A + B in w's dtype and shape."""
+        a = self._dense_ab("A", kinds[0], w)
+        out = w if a is None else torch.addcmul(w, w, a)
+        kind_b, rank_b = kinds[1]
+        if kind_b == "lora":  # fuse the low-rank product into the add
+            u, v = self._lowrank("B", rank_b, w.dtype)
+            return torch.addmm(out.reshape(w.shape[0], -1), u, v).view(w.shape)
+        b = self._dense_ab("B", kinds[1], w)
+        return out if b is None else out + b
+
+    def _effective_bias(self, w: Tensor, bias: Optional[Tensor], kinds: _Kinds) -> Optional[Tensor]:
+        """b0 + b0⊙D + E + W0·C from the parts that exist; None when nothing does.
+
+        ``w`` must be the ORIGINAL weight: W0·C with the updated W' is a known bug.
+        """
+        (kc, _), (kd, _), (ke, _) = kinds[2], kinds[3], kinds[4]
+        dtype, out = w.dtype, w.shape[0]
+        acc = bias
+        if bias is not None and kd != "none":  # D scales b0; without b0 it has no effect
+            d = self.D.to(dtype) if kd == "vector" else self.D[0].to(dtype)
+            acc = torch.addcmul(bias, bias, d)
+        if ke != "none":
+            e = self.E.to(dtype) if ke == "vector" else self.E[:1].to(dtype)
+            acc = (e if ke == "vector" else e.repeat(out)) if acc is None else acc + e
+        if kc != "none":
+            c = self._c_vector(kinds[2], dtype)
+            # Summing W0 over the kernel window then multiplying by C equals a
+            # mat-vec of the flat weight with C repeated per window position; the
+            # latter never allocates an out×c_len (weight-sized for Linear) tensor.
+            window = w[0].numel() // c.shape[0]
+            # (mm rather than mv: CPU autocast breaks mv with mixed dtypes)
+            wc = (w.reshape(out, -1) @ (c.repeat_interleave(window) if window > 1 else c)[:, None])[:, 0]
+            acc = wc if acc is None else acc + wc
+        return acc
+
+    # --------------------------------------------------------------- forward
+    def _base_op(self, x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+        if self.conv is None:
+            return F.linear(x, w, b)
+        return F.conv2d(x, w, b, **self.conv)
+
+    def _per_channel(self, t: Tensor) -> Tensor:
+        """View an (out,) tensor so it broadcasts over the output's channel dim."""
+        return t if self.conv is None or t.dim() == 0 else t.view(-1, 1, 1)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        kinds = self._kinds
+        b_eff = self._effective_bias(weight, bias, kinds)
+        grouped = self.conv is not None and self.conv["groups"] != 1
+        kind_a = kinds[0][0]
+        if kind_a == "lora" or grouped:
+            return self._base_op(x, self._effective_weight(weight, kinds), b_eff)
+        # With A = none a Linear's bias rides along in its addmm. Not for a conv: a
+        # trainable conv bias makes CPU convolution_backward also compute the full
+        # (unwanted) weight gradient of the frozen W0 (caught by test_op).
+        fuse_bias = kind_a == "none" and self.conv is None
+        y = self._base_op(x, weight, b_eff if fuse_bias else None)
+        b_eff = None if fuse_bias else b_eff
+        if kind_a != "none":
+            # y's dtype, not W0's: under autocast the base op may run in lower precision.
+            a = self._per_channel(self._column0("A", kind_a, y.dtype))
+            y = torch.addcmul(y, y, a)  # y·(1+a) without rounding 1+a in low precision
+        y = self._add_b_side_path(y, x, weight)
+        return y if b_eff is None else y + self._per_channel(b_eff.to(y.dtype))
+
+    def _add_b_side_path(self, y: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        kind_b, rank_b = self._kinds[1]
+        if kind_b == "none":
+            return y
+        if kind_b == "lora":
+            u, v = self._lowrank("B", rank_b, w.dtype)
+            if self.conv is None:
+                return y + F.linear(F.linear(x, v), u)
+            h = F.conv2d(x, v.reshape(rank_b, *w.shape[1:]), None, **self.conv)
+            return y + F.conv2d(h, u[:, :, None, None])
+        # x·(b 1ᵀ)ᵀ = rowsum(x) ⊗ b. For a conv, the window sum over all input channels
+        # is a one-channel conv of the channel-summed input with a ones kernel.
+        if self.conv is None:
+            s = x.sum(-1, keepdim=True)
+        else:
+            ones = x.new_ones((1, 1, *w.shape[2:]))
+            s = F.conv2d(x.sum(-3, keepdim=True), ones, None, **self.conv)
+        return torch.addcmul(y, s.to(y.dtype), self._per_channel(self._column0("B", kind_b, y.dtype)))
+
+    # ------------------------------------------------------------------ fold
+    def fold(
+        self, weight: Tensor, bias: Optional[Tensor], choice: Optional[LayerChoice] = None
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """Effective (W', b') of ``choice`` (default: the current one) for deployment.
+
+        Accumulated in float64 from the original W0, cast back to the base dtypes; no
+        autograd graph, inputs untouched. The bias is None only when none exists and
+        the choice creates none (C and E both none).
+        """
+        if choice is not None and not choice_in_space(choice, self.space):
+            raise PlanError(f"cannot fold {choice}: outside this layer's space ({self.space})")
+        kinds = self._kinds if choice is None else _compile_choice(choice)
+        with torch.no_grad():
+            w64 = weight.detach().to(torch.float64, copy=True)
+            b64 = None if bias is None else bias.detach().to(torch.float64, copy=True)
+            w_eff = self._effective_weight(w64, kinds)
+            b_eff = self._effective_bias(w64, b64, kinds)
+        b_dtype = weight.dtype if bias is None else bias.dtype
+        return w_eff.to(weight.dtype), None if b_eff is None else b_eff.to(b_dtype)
+
+
+# ---------------------------------------------------------------- module front end
+class GloraLinear(nn.Module):
+    """An ``nn.Linear`` plus its adapter; the base stays a submodule, untouched."""
+
+    def __init__(self, base: nn.Linear, adapter: GloraAdapter):
+        super().__init__()
+        if adapter.layer != "linear" or adapter.geom != Geometry.linear(base.in_features, base.out_features):
+            raise PlanError(f"adapter ({adapter.extra_repr()}) does not fit {base}")
+        self.base, self.adapter = base, adapter
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.adapter(x, self.base.weight, self.base.bias)
+
+
+class GloraConv2d(nn.Module):
+    """An ``nn.Conv2d`` plus its adapter; stride/padding/dilation/groups come from the base."""
+
+    def __init__(self, base: nn.Conv2d, adapter: GloraAdapter):
+        super().__init__()
+        if base.padding_mode != "zeros":
+            raise PlanError(f"{base}: padding_mode={base.padding_mode!r} is not supported (only 'zeros')")
+        if adapter.layer != "conv2d" or adapter.geom != _conv_geometry(base) or adapter.conv != _conv_params(base):
+            raise PlanError(f"adapter ({adapter.extra_repr()}, conv={adapter.conv}) does not fit {base}")
+        self.base, self.adapter = base, adapter
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.adapter(x, self.base.weight, self.base.bias)
+
+
+def _conv_geometry(conv: nn.Conv2d) -> Geometry:
+    return Geometry.conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.groups)
+
+
+def _conv_params(conv: nn.Conv2d) -> dict:
+    return _normalise_conv(
+        {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
+    )
+
+
+def build_adapter_for(
+    module: Union[nn.Linear, nn.Conv2d],
+    space: Space,
+    *,
+    dtype: torch.dtype = torch.float32,
+    generator: Optional[torch.Generator] = None,
+) -> GloraAdapter:
+    """An adapter whose geometry and conv parameters come from ``module`` (same device)."""
+    device = module.weight.device
+    if isinstance(module, nn.Linear):
+        geom = Geometry.linear(module.in_features, module.out_features)
+        return GloraAdapter(space, geom, layer="linear", dtype=dtype, device=device, generator=generator)
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise PlanError(f"{module}: padding_mode={module.padding_mode!r} is not supported (only 'zeros')")
+        return GloraAdapter(
+            space, _conv_geometry(module), layer="conv2d", conv=_conv_params(module),
+            dtype=dtype, device=device, generator=generator,
+        )
+    raise PlanError(f"cannot adapt a {type(module).__name__}: only nn.Linear and nn.Conv2d")
