@@ -38,6 +38,130 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_fold)
 
 
+    p = sub.add_parser("train", help="one-shot supernet training on a data set")
+    p.add_argument("checkpoint", metavar="SUPERNET", help="checkpoint from `glorac compile` (or a training run)")
+    _data_args(p)
+    p.add_argument("-o", "--output", default=None, help="checkpoint to write (default: SUPERNET.trained.pt)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output and start over")
+    for flag, typ in (("epochs", int), ("lr", float), ("weight-decay", float), ("batch-size", int),
+                      ("warmup-epochs", int), ("grad-clip", float), ("seed", int)):
+        p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's training setting")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="evolutionary structure search under a parameter budget")
+    p.add_argument("checkpoint", metavar="SUPERNET", help="trained supernet checkpoint")
+    _data_args(p)
+    p.add_argument("-o", "--output", required=True, help="checkpoint with the chosen structure")
+    p.add_argument("--budget", default=None, help="adapter parameter cap, e.g. 0.86M (default: the spec's)")
+    p.add_argument("--structure", default=None, help="also write the chosen structure as JSON")
+    p.add_argument("--plot", default=None, help="PNG: accuracy vs parameters, and the chosen structure")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    for flag, typ in (("population", int), ("generations", int), ("parents", int), ("mutations", int),
+                      ("crossovers", int), ("mutation-prob", float), ("seed", int)):
+        p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's search setting")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="top-1 accuracy of a supernet structure or a folded model")
+    p.add_argument("path", metavar="CHECKPOINT_OR_FOLDED")
+    _data_args(p)
+    p.add_argument("--split", default="test", help="train, val or test (default: test)")
+    p.add_argument("--choice", default=None, help="structure JSON for a supernet checkpoint")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
+    p = sub.add_parser("demo", help="the whole pipeline offline: EfficientNet-Lite0 on MNIST-5k")
+    p.add_argument("--out", default="glorac-demo", help="directory for the demo's files")
+    p.add_argument("--force", action="store_true", help="replace an existing demo directory")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke run (tiny settings)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .report import print_demo
+
+    print_demo(run_demo(args.out, force=args.force, quick=args.quick))
+    return 0
+
+
+def _data_args(p) -> None:
+    p.add_argument("--data", required=True, help="DIR (class folders or VTAB lists), FILE.jsonl/csv, "
+                                                  "or builtin:mnist5k|digits|chatterbot")
+    p.add_argument("--image-size", type=int, default=None, help="override the model's input size")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory for text data")
+    p.add_argument("--on-corrupt", choices=("skip", "stop"), default="skip",
+                   help="unreadable images: skip and count them (default) or stop")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+
+
+def _data_options(args) -> dict:
+    return {"image_size": args.image_size, "tokenizer_source": args.tokenizer, "on_corrupt": args.on_corrupt}
+
+
+def _settings(args, names) -> dict:
+    return {n: getattr(args, n) for n in names}
+
+
+def cmd_train(args) -> int:
+    from .distributed import setup, teardown
+    from .workflow import train_checkpoint
+
+    d = setup(args.device)
+    try:
+        _, state, out = train_checkpoint(
+            args.checkpoint, args.data, output=args.output, resume=args.resume, force=args.force, dist=d,
+            overrides=_settings(args, ("epochs", "lr", "weight_decay", "batch_size", "warmup_epochs",
+                                       "grad_clip", "seed")),
+            data_options=_data_options(args), progress=args.progress)
+        if d.main:
+            print(f"wrote {out} after {state.epochs_done} epoch(s), {state.step} steps")
+    finally:
+        teardown(d)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .distributed import setup, teardown
+    from .workflow import search_checkpoint
+
+    d = setup(args.device)
+    try:
+        supernet, result = search_checkpoint(
+            args.checkpoint, args.data, output=args.output, budget=args.budget, structure_out=args.structure,
+            plot=args.plot, force=args.force, dist=d, batch_size=args.batch_size,
+            overrides=_settings(args, ("population", "generations", "parents", "mutations", "crossovers",
+                                       "mutation_prob", "seed")),
+            data_options=_data_options(args))
+        if d.main:
+            from .report import print_search
+
+            print_search(result)
+            print(f"wrote {args.output}" + (f", {args.structure}" if args.structure else "")
+                  + (f", {args.plot}" if args.plot else ""))
+    finally:
+        teardown(d)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .workflow import evaluate_path
+
+    device = args.device or "cpu"
+    result = evaluate_path(args.path, args.data, split=args.split, choice=args.choice,
+                           batch_size=args.batch_size, device=device, data_options=_data_options(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.path} ({result['what']}), {args.split} split: top-1 {result['accuracy']:.4f} "
+              f"({result['correct']}/{result['n']}), loss {result['loss']:.4f}")
+    return 0
+
+
 def _spec_and_model_args(p) -> None:
     p.add_argument("spec", metavar="SPEC", help=".glora spec file")
     p.add_argument("--model", "-m", help="timm name, hf:DIR_OR_ID, or package.module:factory "

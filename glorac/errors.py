@@ -65,7 +65,8 @@ class Diagnostic:
     severity: str = "error"
 
     def render(self) -> str:
-        out = [f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.message}"]
+        where = f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file
+        out = [f"{where}: {self.severity}: {self.message}"]
         if self.source_line is not None:
             text = self.source_line.expandtabs(1).rstrip("\r\n")
             if len(text) > 200:  # keep huge one-line junk readable

@@ -81,3 +81,42 @@ def print_fold_report(report, console: Console | None = None, max_rows: int = 60
                       f"{'ok' if report.ok else 'FAILED'}")
     elif report.note:
         console.print(report.note)
+
+
+def print_search(result, console: Console | None = None, rows: int = 10) -> None:
+    console = console or make_console()
+    budget = f"{result.budget:,}" if result.budget is not None else "none"
+    table = Table(title=f"best structures (budget {budget}, {len(result.evaluated)} evaluated)")
+    for col in ("rank", "val accuracy", "adapter params", "generation", "kinds used (A..E over layers)"):
+        table.add_column(col)
+    for i, c in enumerate(result.top[:rows], start=1):
+        table.add_row(str(i), f"{c.fitness:.4f}", f"{c.params:,}", str(c.generation), kind_summary(c.structure))
+    console.print(table)
+
+
+def kind_summary(structure) -> str:
+    """e.g. `A: l8×10 v×2 –×12` per tensor: how often each kind was chosen."""
+    parts = []
+    for t in "ABCDE":
+        counts: dict[str, int] = {}
+        for choice in structure.layers.values():
+            k = short_kind(choice.tensor(t))
+            counts[k] = counts.get(k, 0) + 1
+        parts.append(f"{t}:" + ",".join(f"{k}×{n}" for k, n in sorted(counts.items())))
+    return " ".join(parts)
+
+
+def print_demo(rows: list[dict], console: Console | None = None) -> None:
+    console = console or make_console()
+    table = Table(title="glorac demo: EfficientNet-Lite0 (ImageNet) → MNIST-5k")
+    for col in ("method", "test top-1", "adapter params", "trainable params", "time"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        acc = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else ""
+        table.add_row(r["method"], acc, f"{r['adapter_params']:,}" if "adapter_params" in r else "",
+                      f"{r['trainable_params']:,}" if "trainable_params" in r else "", f"{r['seconds']:.0f} s")
+    console.print(table)
+    for r in rows:
+        if "supernet_test_accuracy" in r:
+            console.print(f"unfolded supernet at the searched structure: test top-1 "
+                          f"{r['supernet_test_accuracy']:.4f}; fold error max|Δ|/max|y| = {r['fold_rel_error']:.2e}")

@@ -48,6 +48,18 @@ def _int_alternatives(body: str, offset: int) -> str:
     return "(?:" + "|".join(numbers) + ")"
 
 
+def _name_char(ch: str) -> bool:
+    return ch.isalnum() or ch in "_-:"
+
+
+def _bad_char(ch: str, offset: int) -> GlobError:
+    return GlobError(
+        f"character `{ch}` cannot appear in a module name",
+        offset,
+        "names are dotted Python identifiers or indices, e.g. blocks.0.attn.qkv",
+    )
+
+
 def _segment_regex(seg: str, offset: int) -> str:
     out, i = [], 0
     while i < len(seg):
@@ -72,41 +84,83 @@ def _segment_regex(seg: str, offset: int) -> str:
                 alts = body.split(",")
                 if not all(alts):
                     raise GlobError("empty alternative in `{...}`", offset + i)
+                for j, c in enumerate(body):  # alternatives are literal names
+                    if c != "," and not _name_char(c):
+                        raise _bad_char(c, offset + i + 1 + j)
                 out.append("(?:" + "|".join(re.escape(a) for a in alts) + ")")
             i = end
         elif ch in "]}":
             raise GlobError(f"unmatched `{ch}`", offset + i)
-        elif not (ch.isalnum() or ch in "_-:"):
-            raise GlobError(
-                f"character `{ch}` cannot appear in a module name",
-                offset + i,
-                "names are dotted Python identifiers or indices, e.g. blocks.0.attn.qkv",
-            )
+        elif not _name_char(ch):
+            raise _bad_char(ch, offset + i)
         else:
             out.append(re.escape(ch))
         i += 1
     return "".join(out)
 
 
+class Glob:
+    """A compiled pattern: one matcher per segment, ``None`` for ``**``.
+
+    Matching walks the name's segments with the set of reachable pattern positions
+    (O(segments × pattern)), so no pattern can make it backtrack exponentially, as a
+    single regex with several ``(?:\.[^.]+)*`` groups (``**.**.**.x``) would.
+    """
+
+    __slots__ = ("pattern", "_segments")
+
+    def __init__(self, pattern: str, segments: tuple):
+        self.pattern = pattern
+        self._segments = segments
+
+    def match(self, qualname: str) -> bool:
+        names = qualname.split(".")
+        n = len(names)
+        reach = {0}  # how many name segments the pattern so far can have consumed
+        for seg in self._segments:
+            if seg is None:  # `**`: any number of segments, including none
+                reach = set(range(min(reach), n + 1))
+            else:
+                reach = {i + 1 for i in reach if i < n and seg(names[i])}
+            if not reach:
+                return False
+        return n in reach
+
+    def __repr__(self) -> str:
+        return f"Glob({self.pattern!r})"
+
+
 @functools.lru_cache(maxsize=4096)
-def compile_glob(pattern: str) -> re.Pattern[str]:
+def _segment_matcher(regex: str):
+    return re.compile(regex).fullmatch
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_glob(pattern: str) -> Glob:
     """Compile a pattern; raises :class:`GlobError` pointing at the offending character."""
     if not pattern:
         raise GlobError("empty pattern", 0, 'use "**" to mean every layer')
-    parts: list[str] = []
+    segments: list = []
     offset = 0
     # Braces may hold commas but never dots, so splitting on '.' is safe.
     for seg in pattern.split("."):
         if not seg:
             raise GlobError("empty name segment (`..`, or a leading/trailing dot)", offset)
-        # Each segment consumes its own leading dot, which lets `**` match zero segments.
-        parts.append(r"(?:\.[^.]+)*" if seg == "**" else r"\." + _segment_regex(seg, offset))
+        if seg == "**":
+            if not segments or segments[-1] is not None:  # `**.**` is the same as `**`
+                segments.append(None)
+        else:
+            regex = _segment_regex(seg, offset)
+            if regex == re.escape(seg):  # a plain name: compare, no regex needed
+                segments.append(seg.__eq__)
+            else:
+                segments.append(_segment_matcher(regex))
         offset += len(seg) + 1
-    return re.compile("^" + "".join(parts) + "$")
+    return Glob(pattern, tuple(segments))
 
 
 def matches(pattern: str, qualname: str) -> bool:
-    return compile_glob(pattern).match("." + qualname) is not None
+    return compile_glob(pattern).match(qualname)
 
 
 def matches_any(patterns: Iterable[str], qualname: str) -> bool:

@@ -13,6 +13,7 @@ Semantics (the language reference in docs/language.md says the same):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -36,8 +37,14 @@ from ..ir import (
 )
 from ..selectors import GlobError, compile_glob
 from . import ast
-from .parser import decode_spec_bytes, parse_text, read_spec_file
-from .values import SETTINGS, read_int, read_param_count, read_rank
+from .parser import (
+    KEYWORDS,
+    decode_spec_bytes,
+    parse_text,
+    read_spec_file,
+    shorten_quoted,
+)
+from .values import SETTINGS, read_param_count, read_rank
 
 _KIND_ORDER = {name: i for i, name in enumerate(KIND_NAMES)}
 
@@ -58,6 +65,7 @@ class Analyzer:
         self._loaded: set[str] = set()
         self._stack: list[str] = []
         self.spaces: dict[str, tuple[ast.SpaceDef, ast.Module]] = {}
+        self.invalid_spaces: set[str] = set()
         self.had_syntax_errors = False
 
     # ------------------------------------------------------------ diagnostics
@@ -65,6 +73,7 @@ class Analyzer:
     def error(self, module: ast.Module, loc: ast.Loc, message: str, hint: str | None = None):
         end = loc.end_col if loc.end_line == loc.line and loc.end_col > loc.col else loc.col + 1
         src = module.lines[loc.line - 1] if 0 < loc.line <= len(module.lines) else None
+        message = shorten_quoted(message)
         self.diagnostics.append(Diagnostic(module.file, loc.line, loc.col, message, end, hint, src))
 
     # ------------------------------------------------------------ loading and includes
@@ -148,6 +157,13 @@ class Analyzer:
                        f"first defined at {first_mod.file}:{first.loc.line}; rename one of them")
             return
         self.spaces[name] = (d, module)
+        n_before = len(self.diagnostics)
+        self._define_space_body(module, d)
+        if len(self.diagnostics) > n_before:
+            self.invalid_spaces.add(name)  # reported here; its uses are not checked further
+
+    def _define_space_body(self, module: ast.Module, d: ast.SpaceDef) -> None:
+        name = d.name.name
         seen: set[str] = set()
         for p in d.params or ():
             if p.name.name in seen:
@@ -193,8 +209,15 @@ class Analyzer:
                 self.error(module, k.loc, "`lora` needs a rank", "write lora(8) or lora(2|4|8)")
             elif name != "lora" and k.ranks is not None:
                 self.error(module, k.loc, f"`{name}` takes no rank", f"write `{name}`")
+            written: set = set()  # parameter names and literal rank values
             for r in k.ranks or ():
                 self._check_rank(module, r, params)
+                key = r.name if isinstance(r, ast.Ident) else read_rank(r.text)[0]
+                if key is not None and key in written:
+                    shown = r.name if isinstance(r, ast.Ident) else r.text
+                    self.error(module, r.loc, f"rank `{shown}` is listed twice for {tensor}",
+                               "list each rank once")
+                written.add(key)
 
     def _check_rank(self, module, r, params: set[str]) -> None:
         if isinstance(r, ast.Ident):
@@ -277,6 +300,8 @@ class Analyzer:
             self.error(module, use.name.loc, f"space `{name}` is not defined", hint)
             return None, None
         definition, def_module = self.spaces[name]
+        if name in self.invalid_spaces:
+            return None, None
         bindings = self._bind(module, definition, use)
         if bindings is None:
             return None, None
@@ -339,10 +364,11 @@ class Analyzer:
         search: dict[str, Any] = {}
         training: dict[str, Any] = {}
         seen: dict[tuple[str, str], ast.Loc] = {}  # (file, key) → where it was set
+        winner: dict[str, tuple[ast.Module, ast.Loc]] = {}  # key → the value in effect
         # Deeper includes first, so that the including file's values win.
         for p in sorted(placed, key=lambda p: -p.depth):
             items = self._singleton_items(p.module, p.stmt)
-            for key, loc, value in items:
+            for key, loc, value, value_loc in items:
                 if (p.module.file, key) in seen:
                     first = seen[(p.module.file, key)]
                     self.error(p.module, loc, f"`{key}` is already set in this file",
@@ -354,29 +380,32 @@ class Analyzer:
                 block, _, name = key.partition(".")
                 target = {"search": search, "training": training}.get(block, out)
                 target[name or key] = value
-        self._cross_check(placed, search, training)
+                winner[key] = (p.module, value_loc)
+        self._cross_check(winner, search, training)
         out["search"] = SearchSettings(**search)
         if not self.diagnostics:
             out["training"] = TrainSettings(**training)
         return out
 
-    def _singleton_items(self, module, stmt) -> list[tuple[str, ast.Loc, Any]]:
+    def _singleton_items(self, module, stmt) -> list[tuple[str, ast.Loc, Any, ast.Loc]]:
+        """(key, where the statement is, value or None when invalid, where the value is)."""
         if isinstance(stmt, ast.ModelStmt):
             if not stmt.ref.strip():
                 self.error(module, stmt.loc, "empty model name", 'write model "vit_base_patch16_224"')
-                return [("model", stmt.loc, None)]
-            return [("model", stmt.loc, stmt.ref)]
+                return [("model", stmt.loc, None, stmt.loc)]
+            return [("model", stmt.loc, stmt.ref, stmt.loc)]
         if isinstance(stmt, ast.BiasStmt):
             policy = stmt.policy.name
             if policy not in ("preserve", "add"):
                 self.error(module, stmt.policy.loc, f"unknown bias policy `{policy}`",
                            did_you_mean(policy, ("preserve", "add"), "policies"))
-                return [("bias", stmt.loc, None)]
-            return [("bias", stmt.loc, policy)]
+                return [("bias", stmt.loc, None, stmt.policy.loc)]
+            return [("bias", stmt.loc, policy, stmt.policy.loc)]
         if isinstance(stmt, ast.BudgetStmt):
-            return [("budget", stmt.loc, self._budget(module, stmt))]
+            return [("budget", stmt.loc, self._budget(module, stmt), stmt.amount.loc)]
         if isinstance(stmt, ast.SettingsBlock):
-            return [(f"{stmt.block.name}.{s.key.name}", s.loc, self._setting(module, stmt.block.name, s))
+            return [(f"{stmt.block.name}.{s.key.name}", s.loc,
+                     self._setting(module, stmt.block.name, s), s.value.loc)
                     for s in stmt.settings]
         return []
 
@@ -398,8 +427,10 @@ class Analyzer:
         table = SETTINGS[block]
         key = s.key.name
         if key not in table:
-            self.error(module, s.key.loc, f"unknown {block} setting `{key}`",
-                       did_you_mean(key, table, "settings"))
+            other = "training" if block == "search" else "search"
+            hint = (f"`{key}` is a {other} setting; move it to the `{other} {{ ... }}` block"
+                    if key in SETTINGS[other] else did_you_mean(key, table, "settings"))
+            self.error(module, s.key.loc, f"unknown {block} setting `{key}`", hint)
             return None
         expected, reader = table[key]
         token_kind = "number" if isinstance(s.value, ast.Num) else "name"
@@ -412,13 +443,8 @@ class Analyzer:
             self.error(module, s.value.loc, *problem)
         return value
 
-    def _cross_check(self, placed, search: dict, training: dict) -> None:
-        """Constraints between settings, reported at the setting that breaks them."""
-        where = {}
-        for p in placed:
-            if isinstance(p.stmt, ast.SettingsBlock):
-                for s in p.stmt.settings:
-                    where[f"{p.stmt.block.name}.{s.key.name}"] = (p.module, s.value.loc)
+    def _cross_check(self, where: dict, search: dict, training: dict) -> None:
+        """Constraints between settings, reported at the value in effect that breaks them."""
         population = search.get("population", SearchSettings().population)
         parents = search.get("parents", SearchSettings().parents)
         if parents is not None and population is not None and parents > population:
@@ -452,11 +478,19 @@ def analyze(source: Union[str, Path], *, name: str | None = None) -> tuple[Optio
 
 
 def _is_path(source: Union[str, Path]) -> bool:
+    """A Path is a file; a str is spec text unless it reads as a file name.
+
+    Text that starts with a statement keyword is always text (``include paper.glora``
+    is a one-line spec with a mistake in it, not a file name).
+    """
     if isinstance(source, Path):
         return True
-    if "\n" in source or "{" in source or '"' in source:
+    if "\n" in source or "{" in source or '"' in source or _KEYWORD_THEN_SPACE.match(source):
         return False
     return source.endswith(".glora") or os.path.exists(source)
+
+
+_KEYWORD_THEN_SPACE = re.compile(r"\s*(?:" + "|".join(KEYWORDS) + r")(?:\s|$)")
 
 
 def load_spec(source: Union[str, Path, bytes], *, name: str | None = None) -> Spec:

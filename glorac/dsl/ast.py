@@ -185,4 +185,3 @@ class Module:
     lines: list[str]
     statements: list[Statement] = field(default_factory=list)
     comments: list[Comment] = field(default_factory=list)
-    blank_before: set[int] = field(default_factory=set)  # statement lines preceded by a blank line

@@ -52,6 +52,8 @@ def describe_terminal(name: str) -> str:
     }
     if name in words:
         return words[name]
+    if name.startswith("_") and name[1:].isalpha():  # a keyword: _WITH is `with`
+        return f"`{name[1:].lower()}`"
     try:
         pattern = parser().get_terminal(name).pattern
     except KeyError:

@@ -4,10 +4,15 @@ Every statement starts with a keyword at the beginning of a line, so the text is
 into statement-sized chunks before parsing: a mistake in one statement is reported
 once, at its own line and column, and the parser goes on with the next statement
 instead of stopping at the first error (or cascading into nonsense).
+
+Newlines mean nothing to the language, so a line only starts a new chunk when the
+previous line could end a statement (not after `with`, `type`, `|`, `,`, `(`...): a
+statement may be broken anywhere. Keywords are whole words (`withs` is a name).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +20,7 @@ from typing import Iterator
 from lark import Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from ..errors import Diagnostic, did_you_mean
+from ..errors import Diagnostic
 from . import ast
 from .grammar import describe_terminal, parser
 
@@ -65,6 +70,8 @@ def read_spec_file(path: str | Path) -> tuple[str | None, list[Diagnostic]]:
 def decode_spec_bytes(data: bytes, name: str) -> tuple[str | None, list[Diagnostic]]:
     if b"\x00" in data:
         return None, [Diagnostic(name, 0, 0, "binary data (NUL bytes): not a text spec")]
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors)
+        data = data[3:]
     try:
         return data.decode("utf-8"), []
     except UnicodeDecodeError as exc:
@@ -95,7 +102,6 @@ def parse_text(text: str, file: str = "<string>") -> tuple[ast.Module, list[Diag
             diagnostics.append(_syntax_diagnostic(exc, lines, first, last, file))
             continue
         module.statements.extend(_Builder(first).statements(tree))
-    module.blank_before = _blank_preceded(lines, module)
     return module, diagnostics
 
 
@@ -131,20 +137,41 @@ def _chunks(lines: list[str]) -> Iterator[tuple[int, int]]:
     word outside braces that cannot continue a statement (a misspelt keyword), so a
     typo costs one statement, not its neighbours too.
     """
-    starts, depth = [], 0
+    starts, depth, open_end = [], 0, False
     for i, line in enumerate(lines):
         code = _code_part(line)
         word = _WORD.match(code)
         if _STATEMENT_START.match(code) or (
-            depth <= 0 and word and word.group(1) not in _CONTINUATION
+            depth <= 0 and not open_end and word and word.group(1) not in _CONTINUATION
         ):
             starts.append(i)
             depth = 0
         depth += _brace_balance(code)
+        if code.strip():
+            open_end = _ends_open(code)
     if not starts or any(_code_part(l).strip() for l in lines[: starts[0]]):
         starts.insert(0, 0)  # text before the first statement is itself a (bad) statement
     for first, last in zip(starts, starts[1:] + [len(lines)]):
         yield first, last
+
+
+_OPEN_PUNCT = ",|(=:{"
+_LAST_WORD = re.compile(r"(?:^|[\s(){}|,])([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _ends_open(code: str) -> bool:
+    """Whether a line's code stops where no statement can end (`with`, `,`, `|`, `(`...).
+
+    The language ignores newlines, so the next line continues that statement even when
+    it starts with a plain word (`type Linear |` / `Conv2d`, `with` / `paper(r=8)`).
+    """
+    code = code.rstrip()
+    if not code or code.endswith('"'):
+        return False
+    if code[-1] in _OPEN_PUNCT:
+        return True
+    last = _LAST_WORD.search(code)
+    return last is not None and last.group(1) in KEYWORDS + _CONTINUATION
 
 
 def _brace_balance(code: str) -> int:
@@ -157,17 +184,6 @@ def _brace_balance(code: str) -> int:
     return balance
 
 
-def _blank_preceded(lines: list[str], module: ast.Module) -> set[int]:
-    """Lines of statements (or their leading comments) that follow a blank line."""
-    firsts = {s.loc.line for s in module.statements}
-    firsts |= {c.line for c in module.comments if c.col == _indent(lines[c.line - 1]) + 1}
-    return {n for n in firsts if n >= 2 and not lines[n - 2].strip()}
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip())
-
-
 # ---------------------------------------------------------------- syntax errors
 
 
@@ -177,38 +193,88 @@ def _syntax_diagnostic(
     if isinstance(exc, UnexpectedCharacters):
         line, col = exc.line + first, exc.column
         char = lines[line - 1][col - 1 : col] or "?"
+        if char == '"':  # the STRING token failed: its closing quote is missing
+            hint = 'a string ends with `"` on the same line'
+            return _diag(file, lines, line, col, col + 1, "string is never closed", hint)
         hint = "strings use double quotes" if char == "'" else None
         if hint is None and char.isprintable() and not char.isspace():
-            hint = _expected(getattr(exc, "allowed", None))
-        return _diag(file, lines, line, col, col + 1, f"unexpected character `{char}`", hint)
+            hint = _expected(getattr(exc, "allowed", None), _statement_at(lines, first, line, col))
+        shown = f"`{char}`" if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
+        if not char.isprintable() or char.isspace():
+            hint = "an invisible character; delete it (and retype the text around it)"
+        return _diag(file, lines, line, col, col + 1, f"unexpected character {shown}", hint)
     assert isinstance(exc, UnexpectedToken)
     token = exc.token
-    expected = exc.accepts or exc.expected
+    expected = _accepts(exc)
     if token.type == "$END":
-        return _unexpected_end(file, lines, first, last, expected)
+        statement = _statement_at(lines, first, last, len(lines[last - 1]) + 1)
+        return _unexpected_end(file, lines, first, last, expected, statement)
     line, col = token.line + first, token.column
     end = token.end_column if token.end_line == token.line else col + len(token.value)
-    hint = _expected(expected)
-    if token.type in ("NAME", "MODEL_REF") and "MODEL" in expected:
-        # A word where a statement should start: most likely a misspelt keyword.
-        hint = did_you_mean(token.value, KEYWORDS) or hint
-        message = f"unknown statement `{token.value}`"
-    else:
-        message = f"unexpected `{token.value}`"
+    hint = _expected(expected, _statement_at(lines, first, line, col))
+    statement_here = "_MODEL" in expected  # a new statement could start here
+    if statement_here:
+        hint = "a statement starts with one of: " + ", ".join(KEYWORDS)
+    message = f"unexpected `{token.value}`"
+    if token.type in ("NAME", "MODEL_REF"):
+        # A word where a keyword could go: most likely a misspelt (or glued) keyword.
+        keywords = [describe_terminal(n).strip("`") for n in expected if _is_keyword(n)]
+        if "SETTINGS" in expected:
+            keywords += ["search", "training"]
+        close = difflib.get_close_matches(token.value, keywords, n=1, cutoff=0.6)
+        clauses = sorted(k for k in keywords if k not in KEYWORDS)  # e.g. `including`
+        if close:
+            hint = f"did you mean `{close[0]}`?"
+        elif clauses and statement_here:
+            listed = ", ".join(f"`{k}`" for k in clauses)
+            hint = f"expected {listed} or a new statement ({', '.join(KEYWORDS)})"
+        if statement_here and (close[0] in KEYWORDS if close else not clauses):
+            message = f"unknown statement `{token.value}`"
     return _diag(file, lines, line, col, end, message, hint)
 
 
-def _unexpected_end(file, lines, first, last, expected) -> Diagnostic:
-    depth, opener = 0, None
+def _is_keyword(terminal: str) -> bool:
+    return terminal.startswith("_") and terminal[1:].isalpha()
+
+
+_ACCEPTS_CACHE: dict[tuple, frozenset] = {}
+
+
+def _accepts(exc: UnexpectedToken) -> frozenset:
+    """The terminals the parser would really take at the error (``exc.accepts``).
+
+    Lark computes that by trying every candidate terminal on a copy of the parser, which
+    costs milliseconds; it depends only on the state stack, so it is cached per stack
+    (a file with thousands of the same mistake stays linear).
+    """
+    ip = exc.interactive_parser
+    if ip is None:
+        return frozenset(exc.expected)
+    key = tuple(ip.parser_state.state_stack)
+    found = _ACCEPTS_CACHE.get(key)
+    if found is None:
+        found = frozenset(exc.accepts or exc.expected)
+        if len(_ACCEPTS_CACHE) > 4096:
+            _ACCEPTS_CACHE.clear()
+        _ACCEPTS_CACHE[key] = found
+    return found
+
+
+def _unexpected_end(file, lines, first, last, expected, statement) -> Diagnostic:
+    open_braces: list[tuple[int, int]] = []  # (line, col) of each `{` not yet closed
     for number in range(first, last):
-        code = _code_part(lines[number])
-        for col, ch in enumerate(code, start=1):
-            if ch == "{":
-                depth, opener = depth + 1, (number + 1, col)
-            elif ch == "}":
-                depth -= 1
-    if depth > 0 and opener:
-        line, col = opener
+        in_string = False
+        for col, ch in enumerate(_code_part(lines[number]), start=1):
+            if ch == '"':
+                in_string = not in_string  # `{` inside a glob is not a block
+            elif in_string:
+                continue
+            elif ch == "{":
+                open_braces.append((number + 1, col))
+            elif ch == "}" and open_braces:
+                open_braces.pop()
+    if open_braces:
+        line, col = open_braces[-1]
         hint = "add the matching `}` after the block's last line"
         return _diag(file, lines, line, col, col + 1, "`{` is never closed", hint)
     # Point just past the statement's last piece of code.
@@ -216,16 +282,39 @@ def _unexpected_end(file, lines, first, last, expected) -> Diagnostic:
         code = _code_part(lines[number]).rstrip()
         if code:
             col = len(code) + 1
-            return _diag(
-                file, lines, number + 1, col, col + 1, "statement ends too early", _expected(expected)
-            )
-    return _diag(file, lines, first + 1, 1, 2, "statement ends too early", _expected(expected))
+            hint = _expected(expected, statement)
+            return _diag(file, lines, number + 1, col, col + 1, "statement ends too early", hint)
+    hint = _expected(expected, statement)
+    return _diag(file, lines, first + 1, 1, 2, "statement ends too early", hint)
 
 
-def _expected(names) -> str | None:
+_STRING_IN = {
+    "model": "a double-quoted model name",
+    "include": 'a double-quoted file name like "paper.glora"',
+    "search": "a double-quoted string",
+    "training": "a double-quoted string",
+}
+_STRING_LITERAL = re.compile(r'"[^"\n]*"?')
+_KEYWORD_WORD = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(KEYWORDS) + r")(?![A-Za-z0-9_])")
+
+
+def _statement_at(lines: list[str], first: int, line: int, col: int) -> str | None:
+    """The keyword of the statement that the position (1-based) is in, if any."""
+    text = "\n".join(_code_part(l) for l in lines[first : line - 1])
+    text += "\n" + _code_part(lines[line - 1])[: col - 1] if 0 < line <= len(lines) else ""
+    words = _KEYWORD_WORD.findall(_STRING_LITERAL.sub('""', text))
+    return words[-1] if words else None
+
+
+def _expected(names, statement: str | None = None) -> str | None:
     if not names:
         return None
-    described = sorted({describe_terminal(n) for n in names if not n.startswith("__")})
+    strings = _STRING_IN.get(statement or "")
+
+    def describe(name: str) -> str:
+        return strings if name == "STRING" and strings else describe_terminal(name)
+
+    described = sorted({describe(n) for n in names if not n.startswith("__")})
     if len(described) > 8:
         return None
     return "expected " + (described[0] if len(described) == 1 else "one of: " + ", ".join(described))
@@ -233,7 +322,15 @@ def _expected(names) -> str | None:
 
 def _diag(file, lines, line, col, end, message, hint) -> Diagnostic:
     src = lines[line - 1] if 0 < line <= len(lines) else None
-    return Diagnostic(file, line, col, message, end, hint, src)
+    return Diagnostic(file, line, col, shorten_quoted(message), end, hint, src)
+
+
+_QUOTED = re.compile(r"`([^`]{41,})`")
+
+
+def shorten_quoted(message: str) -> str:
+    """Cut quoted source text in a message to 40 characters (a token can be huge)."""
+    return _QUOTED.sub(lambda m: f"`{m.group(1)[:37]}...`", message)
 
 
 # ---------------------------------------------------------------- tree → AST

@@ -11,6 +11,7 @@ never changes meaning (the tests compare the IR before and after).
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Union
@@ -41,23 +42,43 @@ class _Item:
 
 
 def format_module(module: ast.Module) -> str:
-    comments = sorted(module.comments, key=lambda c: c.line)
+    statements = module.statements
+    owned, tail = _assign_comments(module)
     out: list[str] = []
+
+    def blank_above(line: int) -> bool:  # keep one blank line where the source had any
+        return bool(out) and line >= 2 and not module.lines[line - 2].strip()
+
     prev_end = 0
-    for index, stmt in enumerate(module.statements):
-        own = [c for c in comments if prev_end < c.line <= stmt.loc.end_line]
-        leading = [c for c in own if c.line < stmt.loc.line]
-        first_line = leading[0].line if leading else stmt.loc.line
-        if index and first_line in module.blank_before:
+    for stmt, comments in zip(statements, owned):
+        for c in (c for c in comments if c.line < stmt.loc.line):
+            out.extend([""] * blank_above(c.line) + [c.text])
+        if stmt.loc.line > prev_end and blank_above(stmt.loc.line):
             out.append("")
-        out.extend(c.text for c in leading)
-        out.extend(_statement(stmt, [c for c in own if c.line >= stmt.loc.line]))
+        out.extend(_statement(stmt, [c for c in comments if c.line >= stmt.loc.line]))
         prev_end = stmt.loc.end_line
-    tail = [c for c in comments if c.line > prev_end]
-    if tail and out and tail[0].line >= 2 and not module.lines[tail[0].line - 2].strip():
-        out.append("")
-    out.extend(c.text for c in tail)
+    for c in tail:
+        out.extend([""] * blank_above(c.line) + [c.text])
     return "\n".join(out) + "\n" if out else ""
+
+
+def _assign_comments(module: ast.Module) -> tuple[list[list[ast.Comment]], list[ast.Comment]]:
+    """Each comment goes to the statement it is written in (the last one that starts
+    before it and is still going on its line), else to the statement that follows it;
+    comments after the last statement are the tail."""
+    statements = module.statements
+    starts = [(s.loc.line, s.loc.col) for s in statements]
+    owned: list[list[ast.Comment]] = [[] for _ in statements]
+    tail: list[ast.Comment] = []
+    for c in sorted(module.comments, key=lambda c: (c.line, c.col)):
+        i = bisect.bisect_left(starts, (c.line, c.col)) - 1  # last statement starting before
+        if i >= 0 and statements[i].loc.end_line >= c.line:
+            owned[i].append(c)
+        elif i + 1 < len(statements):
+            owned[i + 1].append(c)
+        else:
+            tail.append(c)
+    return owned, tail
 
 
 def _render(items: list[_Item], indent: str) -> list[str]:
@@ -76,13 +97,22 @@ def _render(items: list[_Item], indent: str) -> list[str]:
 def _statement(stmt: ast.Statement, comments: list[ast.Comment]) -> list[str]:
     if isinstance(stmt, ast.SpaceDef):
         params = "" if stmt.params is None else "(" + ", ".join(map(_param, stmt.params)) + ")"
-        return _block(f"space {stmt.name.name}{params} {{", stmt, _decl_items(stmt.decls), comments)
+        header = [f"space {stmt.name.name}{params} {{"]
+        return _block(header, stmt.loc.line, stmt.close_loc.line, _decl_items(stmt.decls), comments)
     if isinstance(stmt, ast.SettingsBlock):
         items = [
             _Item([_Line(f"{s.key.name} = {_value(s.value)}")], s.loc.line, s.loc.end_line)
             for s in stmt.settings
         ]
-        return _block(f"{stmt.block.name} {{", stmt, items, comments)
+        header = [f"{stmt.block.name} {{"]
+        return _block(header, stmt.loc.line, stmt.close_loc.line, items, comments)
+    if isinstance(stmt, ast.AdaptStmt) and isinstance(stmt.space, ast.InlineSpace):
+        # An inline space prints as a block, so comments inside it stay with its tensors.
+        header = _wrapped("adapt", _strings(stmt.patterns), _clauses(stmt) + ["with {"])
+        depth = INDENT if len(header) > 1 else ""
+        space = stmt.space
+        return _block(header, space.loc.line, space.loc.end_line, _decl_items(space.decls),
+                      comments, depth)
     item = _Item([_Line(t) for t in _flat(stmt)], stmt.loc.line, stmt.loc.end_line)
     for c in comments:  # comments inside a one-statement construct move above it,
         if c.line == stmt.loc.end_line:  # except one at the end of its last line
@@ -92,24 +122,44 @@ def _statement(stmt: ast.Statement, comments: list[ast.Comment]) -> list[str]:
     return _render([item], "")
 
 
-def _block(header: str, stmt, items: list[_Item], comments: list[ast.Comment]) -> list[str]:
-    """A braced block: comments go to the item on their line, else to the next item."""
-    head = _Line(header)
-    close = _Item([_Line("}")], stmt.close_loc.line, stmt.close_loc.line)
+def _block(
+    header: list[str],
+    open_line: int,
+    close_line: int,
+    items: list[_Item],
+    comments: list[ast.Comment],
+    depth: str = "",
+) -> list[str]:
+    """A braced block whose `{` is on source line ``open_line`` and `}` on ``close_line``.
+
+    A comment goes to the item on its line, else to the item that follows it in the
+    source; comments above the `{` line (inside a multi-line header) move above it all.
+    """
+    head = _Item([_Line(text) for text in header], 0, 0)
+    close = _Item([_Line("}")], close_line, close_line)
     end_comments: list[str] = []
+    written = [i for i in items if i.first > 0]  # items printed for omitted tensors have none
     for c in comments:
-        ending_here = [i for i in items if i.last == c.line]
-        if ending_here:
-            ending_here[-1].lines[-1].trailing = c.text
-        elif c.line == stmt.loc.line:
-            head.trailing = c.text
-        elif c.line == stmt.close_loc.line:
+        ending_here = [i for i in written if i.last == c.line]
+        inside = [i for i in written if i.first <= c.line < i.last]
+        if c.line == close_line:  # a comment ends its line, so it follows the `}`
             close.lines[0].trailing = c.text
-        else:
-            following = [i for i in items if i.first > c.line]
-            (following[0].leading if following else end_comments).append(c.text)
-    body = _render([_Item([head], 0, 0)], "") + _render(items, INDENT)
-    return body + [INDENT + c for c in end_comments] + _render([close], "")
+        elif ending_here:
+            ending_here[-1].lines[-1].trailing = c.text
+        elif inside:  # within a multi-line item: keep it with that item
+            inside[0].leading.append(c.text)
+        elif c.line < open_line:
+            head.leading.append(c.text)
+        elif c.line == open_line:
+            head.lines[-1].trailing = c.text
+        else:  # on its own line: it belongs to the item that follows it in the source
+            following = [i for i in written if i.first > c.line]
+            if following:
+                min(following, key=lambda i: i.first).leading.append(c.text)
+            else:
+                end_comments.append(c.text)
+    body = _render([head], "") + _render(items, depth + INDENT)
+    return body + [depth + INDENT + c for c in end_comments] + _render([close], depth)
 
 
 def _decl_items(decls: tuple[ast.TensorDecl, ...]) -> list[_Item]:
@@ -166,23 +216,24 @@ def _flat(stmt: ast.Statement) -> list[str]:
         return [f"bias {stmt.policy.name}"]
     if isinstance(stmt, ast.TrainStmt):
         return _wrapped("train", _strings(stmt.patterns), [])
+    clauses = _clauses(stmt)
+    if isinstance(stmt, ast.ExcludeStmt):
+        return _wrapped("exclude", _strings(stmt.patterns), clauses)
+    space = stmt.space
+    assert isinstance(space, ast.SpaceRef)  # inline spaces print as blocks
+    args = "" if space.args is None else "(" + ", ".join(
+        (f"{a.name.name}={a.value.text}" if a.name else a.value.text) for a in space.args
+    ) + ")"
+    return _wrapped("adapt", _strings(stmt.patterns), clauses + [f"with {space.name.name}{args}"])
+
+
+def _clauses(stmt: Union[ast.AdaptStmt, ast.ExcludeStmt]) -> list[str]:
     clauses = []
     if stmt.types:
         clauses.append("type " + " | ".join(t.name for t in stmt.types))
     if stmt.excepts:
         clauses.append("except " + ", ".join(_strings(stmt.excepts)))
-    if isinstance(stmt, ast.ExcludeStmt):
-        return _wrapped("exclude", _strings(stmt.patterns), clauses)
-    space = stmt.space
-    if isinstance(space, ast.InlineSpace):
-        decls = [i.lines[0].text for i in _decl_items(space.decls)]
-        lines = _wrapped("adapt", _strings(stmt.patterns), clauses + ["with {"])
-        depth = INDENT if len(lines) > 1 else ""
-        return lines + [depth + INDENT + d for d in decls] + [depth + "}"]
-    args = "" if space.args is None else "(" + ", ".join(
-        (f"{a.name.name}={a.value.text}" if a.name else a.value.text) for a in space.args
-    ) + ")"
-    return _wrapped("adapt", _strings(stmt.patterns), clauses + [f"with {space.name.name}{args}"])
+    return clauses
 
 
 def _wrapped(keyword: str, patterns: list[str], clauses: list[str]) -> list[str]:

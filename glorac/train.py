@@ -1,0 +1,256 @@
+"""One-shot supernet training (``glorac train``), on one process or under ``torchrun``.
+
+Each step every adapted layer runs a structure drawn by :class:`StructureSampler` from
+``(seed, step)``; only adapter tensors and the spec's ``train`` modules learn. AdamW,
+warm-up then cosine/linear/constant schedule, optional gradient clipping, bf16 autocast
+on GPU. A checkpoint is written atomically at every epoch end and on Ctrl-C; a resumed
+run ends with the same tensors as an uninterrupted one (data order, structures and the
+RNG state are all functions of the seed and the step, or saved).
+
+BatchNorm layers of the frozen base keep their running statistics (eval mode): they are
+base weights, which a checkpoint does not store and fold must not silently change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Batch, TaskData
+from .distributed import Dist
+from .errors import GloraError
+from .graph.fold import output_tensor
+from .ir import TrainSettings
+from .sampling import StructureSampler
+
+
+class TrainingStopped(GloraError):
+    """Training stopped on a non-finite loss; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epochs_done: int = 0
+    history: list = field(default_factory=list)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base lr: linear warm-up, then cosine / linear decay or constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * decay
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The global batches of one epoch: a seeded permutation cut into batch_size chunks."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return list(perm.split(batch_size))
+
+
+def freeze_norm_statistics(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def forward_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    out = model(**batch.inputs) if isinstance(batch.inputs, dict) else model(*batch.inputs)
+    return output_tensor(out)
+
+
+class Trainer:
+    def __init__(self, supernet, data: TaskData, settings: TrainSettings, dist: Dist, output: Path,
+                 *, amp: Optional[bool] = None, log_every: int = 10, progress: bool = True):
+        self.supernet, self.data, self.settings, self.dist = supernet, data, settings, dist
+        self.output = Path(output)
+        self.metrics_path = self.output.with_name(self.output.name.rsplit(".", 1)[0] + ".metrics.jsonl")
+        self.amp = dist.device.type == "cuda" if amp is None else amp
+        self.log_every, self.progress = log_every, progress
+        self.dataset = data.splits["train"]
+        self.sampler = StructureSampler(supernet.choices(), seed=settings.seed)
+        self.params = list(supernet.trainable_parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.dataset) / settings.batch_size)
+        self.total_steps = self.steps_per_epoch * settings.epochs
+        self.state = TrainState()
+        self.model = supernet.model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # Every rank samples the same structure, but the adapters a structure does not
+            # use get no gradient: DDP must look for unused parameters.
+            self.model = DDP(supernet.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                             find_unused_parameters=True)
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ state
+
+    def _lr(self, step: int) -> float:
+        s = self.settings
+        factor = lr_factor(step, self.total_steps, s.warmup_epochs * self.steps_per_epoch, s.schedule,
+                           s.min_lr / s.lr)
+        return s.lr * factor
+
+    def state_for_checkpoint(self) -> tuple[dict, dict]:
+        opt = self.optimizer.state_dict()
+        tensors = {"rng.torch": torch.get_rng_state()}
+        for idx, st in opt["state"].items():
+            for key, value in st.items():
+                tensors[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        meta = {"step": self.state.step, "epochs_done": self.state.epochs_done, "history": self.state.history,
+                "settings": self.settings.model_dump(mode="json"), "world": self.dist.world,
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]}
+        return meta, tensors
+
+    def restore(self, meta: dict, tensors: dict) -> None:
+        self.state = TrainState(step=meta["step"], epochs_done=meta["epochs_done"], history=meta["history"])
+        opt_state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = value
+        groups = [dict(g, params=list(range(len(self.params)))) for g in meta["param_groups"]]
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        if "rng.torch" in tensors:
+            torch.set_rng_state(tensors["rng.torch"])
+
+    def save(self) -> None:
+        if self.dist.main:
+            from .checkpoint import save
+
+            meta, tensors = self.state_for_checkpoint()
+            extra = dict(getattr(self.supernet, "checkpoint_extra", {}), train=meta)
+            save(self.supernet, self.output, force=True, extra=extra, extra_tensors=tensors)
+        from .distributed import barrier
+
+        barrier(self.dist)
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> TrainState:
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        try:
+            self._fit()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return self.state
+
+    def _on_sigint(self, signum, frame):
+        if self._stop_requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def _fit(self) -> None:
+        s = self.settings
+        self.supernet.train()
+        freeze_norm_statistics(self.supernet.model)
+        if self.sampler.fixed:
+            self.supernet.set_choice(self.sampler(0))
+        with _progress(self.dist.main and self.progress, self.total_steps, self.state.step) as bar:
+            while self.state.step < self.total_steps:
+                epoch, offset = divmod(self.state.step, self.steps_per_epoch)
+                batches = batch_order(len(self.dataset), s.batch_size, s.seed, epoch)
+                for indices in batches[offset:]:
+                    self._step(indices, bar)
+                    if self._should_stop():
+                        self.save()
+                        raise KeyboardInterrupt
+                self.state.epochs_done = epoch + 1
+                self._log({"epoch": epoch + 1, "step": self.state.step})
+                self.save()
+        self.supernet.eval()
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor(float(self._stop_requested))
+        if self.dist.active:
+            torch.distributed.all_reduce(flag)
+        return bool(flag.item())
+
+    def _step(self, indices: torch.Tensor, bar) -> None:
+        start = time.perf_counter()
+        step = self.state.step
+        if not self.sampler.fixed:
+            self.supernet.set_choice(self.sampler(step))
+        mine = indices[self.dist.rank::self.dist.world]
+        batch = self.data.collate([self.dataset[int(i)] for i in mine]).to(self.dist.device)
+        lr = self._lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = forward_logits(self.model, batch)
+        loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+        # Scaled so that DDP's gradient average over ranks equals the global batch mean.
+        (loss_sum * self.dist.world / len(indices)).backward()
+        total = loss_sum.detach().clone()
+        if self.dist.active:
+            torch.distributed.all_reduce(total)
+        mean_loss = (total / len(indices)).item()
+        if not math.isfinite(mean_loss):
+            raise TrainingStopped(
+                f"the loss became {mean_loss} at step {step} (epoch {step // self.steps_per_epoch + 1}); "
+                f"training stopped and {self.output} keeps the last good epoch. Lower the learning rate "
+                f"(now {self.settings.lr:g}) or set grad_clip in the spec's training block.")
+        if self.settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        rate = len(indices) / max(time.perf_counter() - start, 1e-9)
+        if bar is not None:
+            bar.update(loss=mean_loss, lr=lr, rate=rate)
+        if self.state.step % self.log_every == 0 or self.state.step == self.total_steps:
+            self._log({"step": self.state.step, "loss": mean_loss, "lr": lr, "examples_per_s": rate})
+
+    def _log(self, record: dict) -> None:
+        self.state.history.append(record)
+        if self.dist.main:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _progress:
+    """A rich progress bar with loss, lr and examples/s (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        self.task = self.bar.add_task("train", total=self.total, completed=self.done, info="")
+        self.bar.__enter__()
+        return self
+
+    def update(self, *, loss: float, lr: float, rate: float) -> None:
+        self.bar.update(self.task, advance=1, info=f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} ex/s")
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+        return False
