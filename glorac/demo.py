@@ -40,7 +40,7 @@ training {
     lr = 2e-3
     weight_decay = 1e-4
     batch_size = 32
-    warmup_epochs = 1
+    warmup_epochs = WARMUP
     schedule = cosine
 }
 
@@ -127,7 +127,8 @@ def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int =
             raise GloraError(f"{out} already holds files; pass --force to replace them or --out another directory.")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec_text = DEMO_SPEC.replace("EPOCHS", str(epochs)).replace("GENERATIONS", str(generations))
+    spec_text = (DEMO_SPEC.replace("EPOCHS", str(epochs)).replace("GENERATIONS", str(generations))
+                 .replace("WARMUP", str(min(1, epochs - 1))))
     (out / "demo.glora").write_text(spec_text)
     spec = load_spec(out / "demo.glora")
     limits = {"train": train_size, "val": max(200, train_size // 5), "test": 1000}
