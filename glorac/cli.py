@@ -46,9 +46,9 @@ def _cmd_fmt(args) -> int:
                 status = 1
         elif args.write:
             if formatted != text:
-                from .safeio import atomic_write
+                from .safeio import atomic_write_text
 
-                atomic_write(Path(file), lambda tmp: tmp.write_text(formatted, "utf-8"), force=True)
+                atomic_write_text(Path(file), formatted, force=True)
                 print(f"{file}: formatted")
         else:
             sys.stdout.write(formatted)

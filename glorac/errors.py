@@ -68,16 +68,24 @@ class Diagnostic:
         where = f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file
         out = [f"{where}: {self.severity}: {self.message}"]
         if self.source_line is not None:
-            text = self.source_line.expandtabs(1).rstrip("\r\n")
-            if len(text) > 200:  # keep huge one-line junk readable
-                text = text[:200] + " …"
+            text, caret_col = _window(self.source_line.expandtabs(1).rstrip("\r\n"), self.column)
             width = max(1, (self.end_column or self.column + 1) - self.column)
-            width = min(width, max(1, len(text) - self.column + 1))
+            width = min(width, max(1, len(text) - caret_col + 1), 80)
             out.append("    " + text)
-            out.append("    " + " " * (self.column - 1) + "^" * width)
+            out.append("    " + " " * (caret_col - 1) + "^" * width)
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)
+
+
+def _window(text: str, column: int, width: int = 160) -> tuple[str, int]:
+    """A readable slice of a long line around ``column`` and the caret's column in it."""
+    if len(text) <= width:
+        return text, column
+    start = max(0, min(column - 1 - width // 2, len(text) - width))
+    prefix = "… " if start else ""
+    suffix = " …" if start + width < len(text) else ""
+    return prefix + text[start:start + width] + suffix, column - start + len(prefix)
 
 
 class SpecError(GloraError):

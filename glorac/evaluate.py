@@ -26,13 +26,18 @@ def cached_batches(data: TaskData, split: str, batch_size: int, device, *, rank:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, batches: list[Batch]) -> dict:
+def accuracy(model: nn.Module, batches: list[Batch], num_classes: Optional[int] = None) -> dict:
     """{"accuracy", "loss", "correct", "n"} of ``model`` over ``batches`` (eval mode)."""
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
     for batch in batches:
         logits = forward_logits(model, batch).float()
+        if num_classes is not None and logits.shape[-1] != num_classes:
+            from .errors import DataError
+
+            raise DataError(f"the data has {num_classes} classes but the model outputs {logits.shape[-1]} "
+                            f"scores; evaluate on data with the classes the model was trained on.")
         loss += F.cross_entropy(logits, batch.labels, reduction="sum").item()
         correct += (logits.argmax(-1) == batch.labels).sum().item()
         n += len(batch)

@@ -166,6 +166,11 @@ def atomic_write(
     return path
 
 
+def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = False) -> Path:
+    """:func:`atomic_write` for a UTF-8 text file."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=force)
+
+
 def _refuse_existing(path: Path, force: bool) -> None:
     if path.is_dir():
         raise CheckpointError(f"output {path} is a directory; name a file.")

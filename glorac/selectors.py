@@ -100,7 +100,7 @@ def _segment_regex(seg: str, offset: int) -> str:
 
 
 class Glob:
-    """A compiled pattern: one matcher per segment, ``None`` for ``**``.
+    r"""A compiled pattern: one matcher per segment, ``None`` for ``**``.
 
     Matching walks the name's segments with the set of reachable pattern positions
     (O(segments × pattern)), so no pattern can make it backtrack exponentially, as a

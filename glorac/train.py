@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Batch, TaskData
+from .data import Batch, TaskData, check_num_classes
 from .distributed import Dist
 from .errors import GloraError
 from .graph.fold import output_tensor
@@ -158,6 +158,11 @@ class Trainer:
 
     def _fit(self) -> None:
         s = self.settings
+        self.start_step = self.state.step
+        if self.state.step == 0:
+            # Dropout and other random layers draw from the global RNG: seed it so a run is
+            # reproducible (a resumed run restores the saved state instead).
+            torch.manual_seed(s.seed)
         self.supernet.train()
         freeze_norm_statistics(self.supernet.model)
         if self.sampler.fixed:
@@ -194,6 +199,8 @@ class Trainer:
             group["lr"] = lr
         with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = forward_logits(self.model, batch)
+        if step == self.start_step:
+            check_num_classes(self.data, logits.shape[-1])
         loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
         # Scaled so that DDP's gradient average over ranks equals the global batch mean.
         (loss_sum * self.dist.world / len(indices)).backward()

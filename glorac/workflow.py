@@ -190,6 +190,6 @@ def evaluate_path(path: str, data_source: str, *, split: str = "test", choice: O
     if n is not None:
         check_num_classes(data, n)
     require_split(data, split)
-    result = accuracy(model, cached_batches(data, split, batch_size, torch.device(device)))
+    result = accuracy(model, cached_batches(data, split, batch_size, torch.device(device)), data.num_classes)
     result.update(what=what, split=split)
     return result

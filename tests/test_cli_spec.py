@@ -199,11 +199,6 @@ def test_junk_input_reports_cleanly(tmp_path, capsys, data):
         assert d.hint is None or len(d.hint) < 300
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glorac/errors.py (not the DSL's): Diagnostic.render cuts the source line at 200 "
-    "characters but still pads the caret line to the real column",
-)
 def test_render_of_a_far_column_is_bounded(tmp_path, capsys):
     f = tmp_path / "long.glora"
     f.write_text("space s { A: " + "vector | " * 2_000 + "}\n")
