@@ -64,6 +64,12 @@ def read_structure(path: str) -> Structure:
 
 def fold_checkpoint(checkpoint: str, output: str, *, choice: Optional[str] = None, force: bool = False,
                     verify: bool = True) -> FoldResult:
+    from .sharded import fold_sharded, sharded_source
+
+    if sharded_source(checkpoint) is not None:  # hf:DIR of sharded safetensors: shard by shard
+        structure = None if choice is None else read_structure(choice)
+        return fold_sharded(checkpoint, output, structure=structure, force=force, verify=verify,
+                            choice_name=choice)
     supernet = load(checkpoint)
     structure = None
     if choice is not None:
@@ -74,10 +80,7 @@ def fold_checkpoint(checkpoint: str, output: str, *, choice: Optional[str] = Non
             raise FoldError(f"{choice}: {exc}") from None
     model, report = fold_with_report(supernet, structure, inplace=True, measure=verify)
     if verify and not report.ok:
-        raise FoldError(
-            f"folded model differs from the adapted one by {report.rel_error:.3g} (max|Δ|/max|y|), above "
-            f"the {report.dtype} tolerance {report.tolerance:g}; worst layer: {report.worst_layer}. "
-            "Nothing was written.")
+        raise FoldError(report.failure())
     chosen = structure or supernet.choice()
     sidecar_data = {
         "glorac_fold": 1,
@@ -89,12 +92,26 @@ def fold_checkpoint(checkpoint: str, output: str, *, choice: Optional[str] = Non
     }
     out = Path(output)
     if supernet.model_ref.source == "hf":
+        if sidecar_data["added_biases"]:
+            raise FoldError(
+                f"`bias add` created biases in {len(sidecar_data['added_biases'])} bias-free layer(s) (e.g. "
+                f"{sidecar_data['added_biases'][0]}), but a Hugging Face config cannot declare per-layer "
+                "biases, so from_pretrained would silently drop them. Use `bias preserve` for Hugging Face "
+                "models. Nothing was written.")
         sidecar = _write_hf_dir(model, out, sidecar_data, force)
     else:
-        atomic_write(out, lambda tmp: save_file(_plain_state(model), str(tmp), metadata={"format": "pt"}),
-                     force=force)
         sidecar = out.with_name(out.name.rsplit(".", 1)[0] + ".glorac.json")
-        atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(sidecar_data, indent=2)), force=True)
+        if sidecar.exists() and not force:
+            raise CheckpointError(f"{sidecar} already exists; pass --force to overwrite it.")
+
+        def write_both(tmp: Path) -> None:
+            # The weights are complete on disk before the sidecar is replaced, and the
+            # weights are renamed into place only after the sidecar is: a failure in either
+            # write leaves both old files as they were.
+            save_file(_plain_state(model), str(tmp), metadata={"format": "pt"})
+            atomic_write(sidecar, lambda t: t.write_text(json.dumps(sidecar_data, indent=2)), force=True)
+
+        atomic_write(out, write_both, force=force)
     return FoldResult(out, sidecar, report, supernet.model_ref.name)
 
 

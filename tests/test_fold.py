@@ -525,8 +525,6 @@ def test_non_finite_adapter_is_refused_naming_the_layer(value):
         glorac.fold(supernet, Structure(layers=layers))
 
 
-@pytest.mark.xfail(strict=True, reason="fold_with_report writes layer by layer: a non-finite later layer "
-                                       "leaves the earlier ones of an inplace fold already overwritten")
 def test_failed_inplace_fold_leaves_the_base_untouched():
     entry, model, supernet, structure = _vit_supernet()
     last = list(supernet.adapters)[-1]
@@ -542,24 +540,24 @@ def test_failed_inplace_fold_leaves_the_base_untouched():
 
 
 def test_verify_names_the_worst_layer(monkeypatch):
+    """One layer folded slightly wrong: verify refuses and names exactly that layer."""
     entry, model, supernet, structure = _vit_supernet()
     worst = "blocks.1.mlp.fc1"
-    layers = dict(structure.layers)  # one layer with a rich structure and a much larger adapter
-    layers[worst] = layers[worst].model_copy(update={"A": K("lora(4)"), "B": K("lora(4)")})
-    structure = Structure(layers=layers)
-    with torch.no_grad():
-        for p in supernet.adapters[worst].parameters():
-            p.mul_(30)
-    folded = glorac.fold(supernet, structure, verify=True)  # passes at the real tolerance
+    folded = glorac.fold(supernet, structure, verify=True)  # a correct fold passes
     assert folded.glorac_fold_report.ok
-    assert folded.glorac_fold_report.worst_layer == worst
-    monkeypatch.setitem(fold_module.TOLERANCE, torch.float32, 1e-12)
+    real = fold_module.folded_layer
+
+    def slightly_wrong(sn, name, choice):
+        w, b = real(sn, name, choice)
+        return (w * 1.01 if name == worst else w), b
+
+    monkeypatch.setattr(fold_module, "folded_layer", slightly_wrong)
     with pytest.raises(FoldError, match=rf"worst layer: {worst}\b") as info:
         glorac.fold(supernet, structure, verify=True)
-    assert "float32" in str(info.value) and "1e-12" in str(info.value)
+    assert "float32" in str(info.value) and "1e-04" in str(info.value) or "0.0001" in str(info.value)
     # verify=False folds anyway and only reports
     model2, report = fold_with_report(supernet, structure, measure=True)
-    assert not report.ok and report.worst_layer == worst
+    assert not report.ok and report.worst.layer == worst
 
 
 def test_verify_catches_a_wrong_fold(monkeypatch):
@@ -601,8 +599,6 @@ def test_verify_with_an_explicit_probe_on_a_custom_model(monkeypatch):
         glorac.fold(supernet, structure, verify=True, probe=entry.example_input())
 
 
-@pytest.mark.xfail(strict=True, reason="FoldReport.ok is True whenever rel_error is None: with no known "
-                                       "probe input, verify=True never checks the per-layer deltas it measured")
 def test_verify_without_a_known_probe_still_catches_a_wrong_fold(monkeypatch):
     entry, supernet, structure = _custom_with_b()
     assert fold_module.default_probe(supernet.base_model) is None

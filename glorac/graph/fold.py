@@ -37,6 +37,7 @@ class LayerFold(BaseModel):
     structure: str
     params: int
     max_abs_delta: float
+    rel_delta: float = float("nan")  # max|Δ| / max|y| of this layer's probe output
 
 
 class FoldReport(BaseModel):
@@ -51,8 +52,28 @@ class FoldReport(BaseModel):
     note: Optional[str] = None
 
     @property
+    def worst(self) -> Optional[LayerFold]:
+        measured = [lf for lf in self.layers if lf.rel_delta == lf.rel_delta]  # skip NaN
+        return max(measured, key=lambda lf: lf.rel_delta) if measured else None
+
+    @property
     def ok(self) -> bool:
-        return self.rel_error is None or self.rel_error <= self.tolerance
+        """Within tolerance end to end (when measured) and at every layer's probe."""
+        worst = self.worst
+        layers_ok = worst is None or worst.rel_delta <= self.tolerance
+        return layers_ok and (self.rel_error is None or self.rel_error <= self.tolerance)
+
+    def failure(self) -> Optional[str]:
+        """Why verification failed, in one sentence (None when it passed)."""
+        if self.ok:
+            return None
+        worst = self.worst
+        where = f"worst layer: {worst.layer} (layer error {worst.rel_delta:.3g})" if worst else ""
+        if self.rel_error is not None and self.rel_error > self.tolerance:
+            what = f"the folded model differs from the adapted one by {self.rel_error:.3g} (max|Δ|/max|y|)"
+        else:
+            what = "a folded layer differs from its adapted layer"
+        return (f"{what}, above the {self.dtype} tolerance {self.tolerance:g}; {where}. Nothing was written.")
 
 
 def resolve_structure(supernet, choice: Union[Structure, dict, None] = None) -> Structure:
@@ -83,8 +104,17 @@ def folded_layer(supernet, name: str, choice: LayerChoice):
     return w, b
 
 
-def _layer_probe(owner: nn.Module, adapter, w: torch.Tensor, b, generator) -> float:
-    """max |folded(x) − supernet_layer(x)| on a small random input."""
+def check_finite_adapters(supernet) -> None:
+    """Refuse before writing anything: a non-finite adapter gives non-finite weights."""
+    for name, adapter in supernet.adapters.items():
+        for pname, p in adapter.named_parameters():
+            if not torch.isfinite(p).all():
+                raise FoldError(f"adapter tensor {pname} of layer `{name}` holds inf/NaN (a diverged training "
+                                "run?); folding would give non-finite weights. Nothing was written.")
+
+
+def _layer_probe(owner: nn.Module, adapter, w: torch.Tensor, b, generator) -> tuple[float, float]:
+    """(max |folded(x) − supernet_layer(x)|, that over max |supernet_layer(x)|) on a random input."""
     dtype, device = owner.weight.dtype, owner.weight.device
     if adapter.layer == "linear":
         x = torch.randn(4, w.shape[1], generator=generator).to(device, dtype)
@@ -94,8 +124,9 @@ def _layer_probe(owner: nn.Module, adapter, w: torch.Tensor, b, generator) -> fl
         x = torch.randn(1, w.shape[1] * adapter.conv["groups"], size, size, generator=generator).to(device, dtype)
         folded = F.conv2d(x, w, b, **adapter.conv)
     with torch.no_grad():
-        reference = adapter(x, owner.weight, owner.bias)
-    return (folded.float() - reference.float()).abs().max().item()
+        reference = adapter(x, owner.weight, owner.bias).float()
+    delta = (folded.float() - reference).abs().max().item()
+    return delta, delta / max(reference.abs().max().item(), 1e-12)
 
 
 def fold(supernet, choice: Union[Structure, dict, None] = None, *, inplace: bool = False,
@@ -109,10 +140,7 @@ def fold(supernet, choice: Union[Structure, dict, None] = None, *, inplace: bool
     """
     model, report = fold_with_report(supernet, choice, inplace=inplace, probe=probe, measure=verify)
     if verify and not report.ok:
-        raise FoldError(
-            f"folded model differs from the adapted one by {report.rel_error:.3g} (max|Δ|/max|y|), "
-            f"above the {report.dtype} tolerance {report.tolerance:g}; worst layer: {report.worst_layer}. "
-            "Nothing was written.")
+        raise FoldError(report.failure())
     model.glorac_fold_report = report
     return model
 
@@ -121,6 +149,7 @@ def fold_with_report(supernet, choice=None, *, inplace: bool = False, probe: Opt
                      measure: bool = True) -> tuple[nn.Module, FoldReport]:
     structure = resolve_structure(supernet, choice)
     supernet.set_choice(structure)
+    check_finite_adapters(supernet)
     probe = default_probe(supernet.base_model) if probe is None and measure else probe
     adapted_out = _run(supernet, probe) if measure and probe is not None else None
     model = supernet.base_model if inplace else copy.deepcopy(supernet.base_model)
@@ -130,9 +159,9 @@ def fold_with_report(supernet, choice=None, *, inplace: bool = False, probe: Opt
         layer_choice = structure.layers[name]
         w, b = folded_layer(supernet, name, layer_choice)
         source = supernet.base_model.get_submodule(name)
-        delta = _layer_probe(source, adapter, w, b, generator) if measure else float("nan")
+        delta, rel = _layer_probe(source, adapter, w, b, generator) if measure else (float("nan"),) * 2
         _write_layer(model.get_submodule(name), w, b)
-        layers.append(LayerFold(layer=name, structure=str(layer_choice),
+        layers.append(LayerFold(layer=name, structure=str(layer_choice), rel_delta=rel,
                                 params=choice_param_count(layer_choice, adapter.geom), max_abs_delta=delta))
     model.eval()
     dtype = next(model.parameters()).dtype
@@ -142,8 +171,9 @@ def fold_with_report(supernet, choice=None, *, inplace: bool = False, probe: Opt
         folded_out = _run(model, probe)
         abs_err = (folded_out - adapted_out).abs().max().item()
         rel = abs_err / max(adapted_out.abs().max().item(), 1e-12)
-        worst = max(layers, key=lambda lf: lf.max_abs_delta).layer if layers else None
-        report = report.model_copy(update={"max_abs_error": abs_err, "rel_error": rel, "worst_layer": worst})
+        worst = report.worst
+        report = report.model_copy(update={"max_abs_error": abs_err, "rel_error": rel,
+                                           "worst_layer": worst.layer if worst else None})
     elif measure:
         report = report.model_copy(update={"note": "no probe input known for this model: end-to-end "
                                                    "error not measured (per-layer deltas are)"})
