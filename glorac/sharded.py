@@ -485,9 +485,9 @@ def _fold_shards(src: Path, staging: Path, index: dict, plan: Plan, adapters: di
                 # else: written with its own shard (`pending`, folded before this loop)
             folds[name] = LayerFold(layer=name, structure=str(choice), rel_delta=rel,
                                     params=choice_param_count(choice, adapter.geom), max_abs_delta=delta)
-            partial = _report(tuple(folds.values()), w0.dtype)
-            if not partial.ok:  # stop at the first bad layer, before more shards are read
-                raise FoldError(partial.failure())
+            layer_report = _report((folds[name],), w0.dtype)
+            if not layer_report.ok:  # stop at the first bad layer, before more shards are read
+                raise FoldError(layer_report.failure())
             del w0, b0, w, b
         for key, value in trained.items():
             if weight_map[key] == file:
