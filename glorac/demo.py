@@ -37,7 +37,8 @@ budget 120K
 
 training {
     epochs = EPOCHS
-    lr = 2e-3
+    lr = 3e-4
+    head_lr = 3e-3
     weight_decay = 1e-4
     batch_size = 32
     warmup_epochs = WARMUP
@@ -45,11 +46,11 @@ training {
 }
 
 search {
-    population = 16
+    population = 12
     generations = GENERATIONS
-    parents = 6
-    mutations = 8
-    crossovers = 8
+    parents = 4
+    mutations = 6
+    crossovers = 6
     mutation_prob = 0.2
 }
 """
@@ -87,7 +88,8 @@ def _head_only_baseline(model: nn.Module, data, settings, batches_eval) -> dict:
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("classifier."))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    lr = settings.head_lr or settings.lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
     dataset = data.splits["train"]
     steps_per_epoch = -(-len(dataset) // settings.batch_size)
     total, step = steps_per_epoch * settings.epochs, 0
@@ -97,8 +99,8 @@ def _head_only_baseline(model: nn.Module, data, settings, batches_eval) -> dict:
         for indices in batch_order(len(dataset), settings.batch_size, settings.seed, epoch):
             batch = data.collate([dataset[int(i)] for i in indices])
             for g in opt.param_groups:
-                g["lr"] = settings.lr * lr_factor(step, total, settings.warmup_epochs * steps_per_epoch,
-                                                  settings.schedule, settings.min_lr / settings.lr)
+                g["lr"] = lr * lr_factor(step, total, settings.warmup_epochs * steps_per_epoch,
+                                         settings.schedule, settings.min_lr / settings.lr)
             loss = nn.functional.cross_entropy(forward_logits(model, batch), batch.labels)
             loss.backward()
             opt.step()
@@ -107,8 +109,8 @@ def _head_only_baseline(model: nn.Module, data, settings, batches_eval) -> dict:
     return accuracy(model, batches_eval)
 
 
-def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int = 3, generations: int = 3,
-             image_size: int = 64, train_size: int = 1500, quick: bool = False) -> list[dict]:
+def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int = 3, generations: int = 2,
+             image_size: int = 64, train_size: int = 1000, quick: bool = False) -> list[dict]:
     """Run the pipeline; returns the rows of the final table."""
     from .checkpoint import save
     from .data import load_data
@@ -131,7 +133,7 @@ def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int =
                  .replace("WARMUP", str(min(1, epochs - 1))))
     (out / "demo.glora").write_text(spec_text)
     spec = load_spec(out / "demo.glora")
-    limits = {"train": train_size, "val": max(200, train_size // 5), "test": 1000}
+    limits = {"train": train_size, "val": 200, "test": 500}
     data_options = {"image_size": image_size, "limit": limits}
     rows, t0 = [], time.perf_counter()
 

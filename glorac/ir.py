@@ -187,6 +187,7 @@ class TrainSettings(_Frozen):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr: float = Field(default=1e-8, ge=0.0)
     grad_clip: Optional[float] = Field(default=None, gt=0.0)
+    head_lr: Optional[float] = Field(default=None, gt=0.0)  # lr of the `train` modules (default: lr)
     seed: int = Field(default=0, ge=0)
 
 

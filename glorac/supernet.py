@@ -92,6 +92,15 @@ class Supernet(nn.Module):
         state = self.base_model.state_dict()
         return {k: v for k, v in state.items() if _under(k, self.plan.trained)}
 
+    def trained_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the spec's `train` modules (the head)."""
+        seen = set()
+        for name in self.plan.trained:
+            for p in self.base_model.get_submodule(name).parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         seen = set()
         for p in list(self.model.parameters()) + list(self.base_model.parameters()):

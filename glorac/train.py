@@ -84,7 +84,12 @@ class Trainer:
         self.dataset = data.splits["train"]
         self.sampler = StructureSampler(supernet.choices(), seed=settings.seed)
         self.params = list(supernet.trainable_parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        head = {id(p) for p in supernet.trained_parameters()}
+        groups = [{"params": [p for p in self.params if id(p) not in head], "lr_scale": 1.0},
+                  {"params": [p for p in self.params if id(p) in head],
+                   "lr_scale": (settings.head_lr or settings.lr) / settings.lr}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr,
+                                           weight_decay=settings.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.dataset) / settings.batch_size)
         self.total_steps = self.steps_per_epoch * settings.epochs
         self.state = TrainState()
@@ -124,7 +129,11 @@ class Trainer:
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 opt_state.setdefault(int(idx), {})[name] = value
-        groups = [dict(g, params=list(range(len(self.params)))) for g in meta["param_groups"]]
+        groups, start = [], 0
+        for saved, own in zip(meta["param_groups"], self.optimizer.param_groups):
+            n = len(own["params"])
+            groups.append(dict(saved, params=list(range(start, start + n))))
+            start += n
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         if "rng.torch" in tensors:
             torch.set_rng_state(tensors["rng.torch"])
@@ -196,7 +205,7 @@ class Trainer:
         batch = self.data.collate([self.dataset[int(i)] for i in mine]).to(self.dist.device)
         lr = self._lr(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = forward_logits(self.model, batch)
         if step == self.start_step:

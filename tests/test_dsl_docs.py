@@ -76,6 +76,7 @@ def test_doc_claim_settings_defaults_match_the_ir():
     block = next(b for b in BLOCKS if b.lstrip().startswith("search {"))
     spec, default = load_spec(block), load_spec("")
     assert spec.search == default.search
-    # grad_clip is shown with a value but "no clipping when absent"
+    # grad_clip and head_lr are shown with a value but are absent by default
     assert default.training.grad_clip is None and spec.training.grad_clip == 1.0
-    assert spec.training.model_copy(update={"grad_clip": None}) == default.training
+    assert default.training.head_lr is None and spec.training.head_lr == 1e-3
+    assert spec.training.model_copy(update={"grad_clip": None, "head_lr": None}) == default.training

@@ -132,6 +132,7 @@ TRAINING_SETTINGS: dict[str, tuple[str, Reader]] = {
     "schedule": ("name", _choice("cosine", "linear", "constant")),
     "min_lr": ("number", _float(0.0)),
     "grad_clip": ("number", _float(0.0, strict=True)),
+    "head_lr": ("number", _float(0.0, strict=True)),
     "seed": ("number", _int(0)),
 }
 
