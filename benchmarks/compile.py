@@ -19,15 +19,9 @@ import timm
 import torch
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 
-SPEC = """
-space paper(r=8) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
+SPEC = PAPER_SPACE + """
 adapt "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2" with paper
 train "head"
 """

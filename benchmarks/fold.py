@@ -30,17 +30,11 @@ import timm
 import torch
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 from glorac.graph.fold import fold_with_report
 from glorac.ir import LayerChoice, Structure
 
-SPEC = """
-space paper(r=8) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
+SPEC = PAPER_SPACE + """
 adapt "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2" with paper
 train "head"
 """

@@ -15,20 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .dsl.library import PAPER_SPACE
 from .errors import GloraError, ModelError
 
 DEMO_SPEC = """\
 # The demo's spec: specs/efficientnet.glora at demo scale (a few CPU minutes).
 model "glorac.demo:efficientnet_lite0_imagenet"
 
-space paper(r=4) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
-
+""" + PAPER_SPACE + """
 adapt "blocks.**", "conv_head" type Conv1x1 with paper(r=4)
 
 train "classifier"

@@ -6,20 +6,12 @@ import pytest
 import torch
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 from glorac.checkpoint import load, save
 from glorac.models import ModelRef
 from tests.reference import perturb, random_structure, reference_model
 from tests.zoo import ZOO, available
 
-PAPER_SPACE = """
-space paper(r=4) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
-"""
 
 
 # Layers the zoo does not list but these tests adapt too (the functional F.linear site).

@@ -183,3 +183,13 @@ def test_ir_validators_guard_the_json():
         ir.Kind(kind="lora", rank=0)
     with pytest.raises(pydantic.ValidationError):
         ir.SearchSettings(mutation_prob=1.5)
+
+
+def test_library_paper_space_matches_the_reference_spec():
+    """glorac.dsl.library.PAPER_SPACE and specs/paper.glora define the same space."""
+    from glorac.dsl.library import PAPER_SPACE
+
+    body = 'adapt "x" with paper(r=3)\n'
+    ours = glorac.load_spec(PAPER_SPACE + body)
+    ref = glorac.load_spec(f'include "{ROOT / "specs" / "paper.glora"}"\n' + body)
+    assert ours.rules[0].space == ref.rules[0].space

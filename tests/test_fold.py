@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 from glorac.errors import FoldError, GloraError, PlanError
 from glorac.graph import fold as fold_module
 from glorac.graph.fold import TOLERANCE, fold_with_report, folded_layer
@@ -29,15 +30,6 @@ from glorac.ir import TENSORS, Kind, LayerChoice, Structure
 from tests.reference import perturb, random_structure, reference_weight_bias
 from tests.zoo import ZOO, available
 
-PAPER_SPACE = """
-space paper(r=4) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
-"""
 
 K = Kind.parse
 NONE = K("none")

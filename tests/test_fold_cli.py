@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 from glorac.cli import main
 from glorac.graph import fold as fold_module
 from glorac.ir import Kind, LayerChoice, Structure
@@ -29,15 +30,6 @@ from tests.zoo import ZOO, available
 
 REPO = Path(__file__).resolve().parents[1]
 
-PAPER_SPACE = """
-space paper(r=4) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
-"""
 
 
 def spec_for(entry) -> str:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 from glorac.ir import Kind, LayerChoice, Structure
 from tests.reference import perturb, reference_weight_bias
 
@@ -49,14 +50,7 @@ from peft.tuners.glora.layer import (  # noqa: E402
 
 RANK = 4
 ADAPTED = ("fc1", "fc2", "fc3")
-SPEC = """
-space paper(r=4) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
+SPEC = PAPER_SPACE + """
 adapt "fc1", "fc2", "fc3" with paper(r=4)
 """
 # peft's names → glorac's kinds

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 from glorac import export, sharded
 from glorac.cli import main
 from glorac.errors import CheckpointError, FoldError
@@ -30,15 +31,7 @@ from tests.zoo import ZOO
 
 transformers = pytest.importorskip("transformers")
 
-SPACE = """
-space paper(r=4) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
-"""
+SPACE = PAPER_SPACE
 LLAMA_SPEC = SPACE + """
 adapt "**.layers.*.self_attn.{q_proj,k_proj,v_proj,o_proj}",
       "**.layers.*.mlp.{gate_proj,up_proj,down_proj}" with paper(r=4)

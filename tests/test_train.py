@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import glorac
+from glorac.dsl.library import PAPER_SPACE
 from glorac.checkpoint import read_checkpoint
 from glorac.cli import main
 from glorac.errors import GloraError
@@ -21,15 +22,8 @@ from glorac.sampling import StructureSampler
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ["--data", "builtin:digits", "--image-size", "8"]
 
-SPEC = """
-space paper(r=2) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
-adapt "body.*" type Linear with paper
+SPEC = PAPER_SPACE + """
+adapt "body.*" type Linear with paper(r=2)
 train "head"
 budget 3K
 training { epochs = 2  lr = 3e-3  batch_size = 48  warmup_epochs = 1  seed = 3 }
