@@ -193,23 +193,27 @@ class GloraAdapter(nn.Module):
         fuse_bias = kind_a == "none" and self.conv is None
         y = self._base_op(x, weight, b_eff if fuse_bias else None)
         b_eff = None if fuse_bias else b_eff
-        if kind_a != "none":
-            # y's dtype, not W0's: under autocast the base op may run in lower precision.
-            a = self._per_channel(self._column0("A", kind_a, y.dtype))
-            y = torch.addcmul(y, y, a)  # y·(1+a) without rounding 1+a in low precision
-        y = self._add_b_side_path(y, x, weight)
-        return y if b_eff is None else y + self._per_channel(b_eff.to(y.dtype))
+        side = self._b_side_path(x, weight, y.dtype)
+        if b_eff is not None:
+            b_eff = self._per_channel(b_eff.to(y.dtype))
+            side = b_eff if side is None else side + b_eff
+        if kind_a == "none":
+            return y if side is None else y + side
+        # y's dtype, not W0's: under autocast the base op may run in lower precision.
+        a = self._per_channel(self._column0("A", kind_a, y.dtype))
+        return _ScaleAdd.apply(y, a, side)
 
-    def _add_b_side_path(self, y: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    def _b_side_path(self, x: Tensor, w: Tensor, dtype) -> Optional[Tensor]:
+        """x·Bᵀ for B ∈ {lora, vector, scalar} without materialising B (None for none)."""
         kind_b, rank_b = self._kinds[1]
         if kind_b == "none":
-            return y
+            return None
         if kind_b == "lora":
             u, v = self._lowrank("B", rank_b, w.dtype)
             if self.conv is None:
-                return y + F.linear(F.linear(x, v), u)
+                return F.linear(F.linear(x, v), u)
             h = F.conv2d(x, v.reshape(rank_b, *w.shape[1:]), None, **self.conv)
-            return y + F.conv2d(h, u[:, :, None, None])
+            return F.conv2d(h, u[:, :, None, None])
         # x·(b 1ᵀ)ᵀ = rowsum(x) ⊗ b. For a conv, the window sum over all input channels
         # is a one-channel conv of the channel-summed input with a ones kernel.
         if self.conv is None:
@@ -217,7 +221,7 @@ class GloraAdapter(nn.Module):
         else:
             ones = x.new_ones((1, 1, *w.shape[2:]))
             s = F.conv2d(x.sum(-3, keepdim=True), ones, None, **self.conv)
-        return torch.addcmul(y, s.to(y.dtype), self._per_channel(self._column0("B", kind_b, y.dtype)))
+        return s.to(dtype) * self._per_channel(self._column0("B", kind_b, dtype))
 
     # ------------------------------------------------------------------ fold
     def fold(
@@ -239,6 +243,44 @@ class GloraAdapter(nn.Module):
             b_eff = self._effective_bias(w64, b64, kinds)
         b_dtype = weight.dtype if bias is None else bias.dtype
         return w_eff.to(weight.dtype), None if b_eff is None else b_eff.to(b_dtype)
+
+
+class _ScaleAdd(torch.autograd.Function):
+    """``y + y·a + s`` in one output pass forward and two backward.
+
+    Autograd's own graph for ``addcmul(y, y, a) + s`` walks the output-sized tensors about
+    nine times per step; for the factored path (A = vector or scalar) those passes cost
+    about as much as the base matmul itself. ``a`` broadcasts over all but y's channel
+    dim (last for Linear, 1 for Conv2d, or a scalar); ``s`` (B's side path plus the bias)
+    broadcasts to y or is None.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, a: Tensor, s: Optional[Tensor]) -> Tensor:
+        out = torch.addcmul(y, y, a)
+        if s is not None:
+            out = out.add_(s) if s.shape == out.shape else out + s
+        ctx.save_for_backward(y, a)
+        ctx.s_shape = None if s is None else s.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        y, a = ctx.saved_tensors
+        gy = torch.addcmul(g, g, a) if ctx.needs_input_grad[0] else None
+        ga = _reduce_to(g * y, a.shape) if ctx.needs_input_grad[1] else None
+        gs = _reduce_to(g, ctx.s_shape) if ctx.s_shape is not None and ctx.needs_input_grad[2] else None
+        return gy, ga, gs
+
+
+def _reduce_to(t: Tensor, shape) -> Tensor:
+    """Sum a broadcast gradient back to ``shape`` (autograd's rule for broadcasting)."""
+    if t.shape == shape:
+        return t
+    lead = t.dim() - len(shape)
+    dims = list(range(lead)) + [i + lead for i, n in enumerate(shape) if n == 1 and t.shape[i + lead] != 1]
+    out = t.sum(dim=dims, keepdim=True) if dims else t
+    return out.reshape(shape)
 
 
 # ---------------------------------------------------------------- module front end
