@@ -81,11 +81,13 @@ class GloraAdapter(nn.Module):
         # Out-side factors, D and E start at zero so a fresh adapter is the base layer;
         # in-side factors get nn.Linear's kaiming-uniform bound 1/sqrt(fan_in) so the
         # out-side factors receive non-zero gradients from the first step.
-        value = torch.zeros(shape, dtype=dtype, device=device)
+        value = torch.zeros(shape, dtype=dtype)
         if name.endswith("_in"):
             bound = 1.0 / math.sqrt(shape[1])
+            # Drawn on the CPU: the seeded generator is a CPU one, and the same seed then
+            # gives the same adapters on every device.
             value.uniform_(-bound, bound, generator=generator)
-        return value
+        return value.to(device) if device is not None else value
 
     # ------------------------------------------------------------------ choice
     def set_choice(self, choice: LayerChoice) -> None:
