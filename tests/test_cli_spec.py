@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -271,48 +270,3 @@ def test_grammar_is_built_once_per_process(tmp_path):
     assert misses == 1 and size == 1 and hits >= 7
 
 
-def _rules(n: int) -> str:
-    head = "space paper(r=8) { A: lora(r) | vector  B: lora(r) | none  E: vector }\n"
-    body = "".join(
-        f'adapt "blocks.{i}.attn.qkv", "blocks.{i}.mlp.*" type Linear with paper(r={1 + i % 8})\n'
-        for i in range(n)
-    )
-    return head + body
-
-
-def _best_time(text: str, repeat: int = 1) -> float:
-    from glorac import load_spec
-
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        spec = load_spec(text)
-        best = min(best, time.perf_counter() - t0)
-    assert len(spec.rules) == text.count("\nadapt ")
-    return best
-
-
-def test_parse_time_is_linear():
-    small, large = _rules(1000), _rules(5000)
-    _best_time(_rules(50), repeat=1)  # warm up the grammar and caches
-    t_small, t_large = _best_time(small, repeat=2), _best_time(large)
-    # 5x the rules should cost about 5x; quadratic behaviour would give about 25x.
-    assert t_large / t_small < 10, (t_small, t_large)
-    assert t_large < 30
-
-
-def test_one_long_statement_is_linear():
-    """A single statement over many lines (all continuation lines) is not quadratic."""
-    from glorac import load_spec
-
-    def spec(n):
-        pats = ",\n".join(f'    "blocks.{i}.attn.qkv"' for i in range(n))
-        return "space s { B: lora(4) }\nadapt\n" + pats + "\n    type Linear |\n    Conv2d\n    with\n    s\n"
-
-    load_spec(spec(10))
-    t0 = time.perf_counter()
-    load_spec(spec(1000))
-    t1 = time.perf_counter()
-    load_spec(spec(5000))
-    t2 = time.perf_counter()
-    assert (t2 - t1) / (t1 - t0) < 10, (t1 - t0, t2 - t1)

@@ -7,7 +7,6 @@ import json
 import re
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -104,10 +103,8 @@ def test_unknown_pretrained_tag_lists_known_tags():
 
 
 def test_pretrained_offline_fails_clearly(offline):
-    start = time.perf_counter()
     with pytest.raises(ModelError) as err:
         resolve_model(SMALL_TIMM, pretrained=True)
-    assert time.perf_counter() - start < 10
     assert "download" in str(err.value) and "--weights FILE" in str(err.value)
     assert_clean(err)
 
@@ -278,9 +275,7 @@ def test_hf_meta_builds_a_7b_llama_without_memory(tmp_path):
 
     LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                 num_attention_heads=32, vocab_size=32000).save_pretrained(tmp_path)
-    start = time.perf_counter()
     model, _ = resolve_model(f"hf:{tmp_path}", num_classes=2, device="meta")
-    assert time.perf_counter() - start < 15
     tensors = list(model.parameters()) + list(model.buffers())
     assert all(t.is_meta for t in tensors)
     assert sum(p.numel() for p in model.parameters()) > 6e9
@@ -539,9 +534,7 @@ def test_zoo_entry_builds_runs_and_is_deterministic(name):
     assert not model.training
     out = entry.output(model(*entry.example_input()))
     assert isinstance(out, torch.Tensor) and out.shape[0] == 2 and torch.isfinite(out).all()
-    start = time.perf_counter()
     again = entry.build()
-    assert time.perf_counter() - start < 1.0
     assert same_state(model, again)
     assert torch.equal(entry.output(again(*entry.example_input())), out)
 
