@@ -72,7 +72,7 @@ def main() -> None:
         t = compile_time(args.model, depth, repeats=3)
         base = base or t
         print(f"compile (trace+plan+rewrite) depth {depth:2d}: {t * 1e3:7.1f} ms   ×{t / base:.2f} vs depth 12")
-    for structure in ("max", "factored"):
+    for structure in ("at init", "factored"):
         b, g = forward_ratio(args.model, args.batch, args.repeats, structure)
         print(f"forward batch {args.batch}, structure {structure:8s}: base {b * 1e3:.1f} ms, "
               f"glorac {g * 1e3:.1f} ms, ratio {g / b:.3f}")

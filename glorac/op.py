@@ -28,7 +28,7 @@ from torch.nn.modules.utils import _pair
 
 from .errors import PlanError
 from .ir import LayerChoice, Space
-from .kinds import Geometry, choice_in_space, max_choice, storage_shapes
+from .kinds import Geometry, choice_in_space, min_choice, storage_shapes
 
 #: A choice compiled to plain Python values: ((kind, rank), ...) in TENSORS order.
 #: forward branches only on these, so torch.compile specialises cleanly per choice.
@@ -74,7 +74,9 @@ class GloraAdapter(nn.Module):
         self.conv = _normalise_conv(conv) if layer == "conv2d" else None
         for name, shape in storage_shapes(space, geom).items():
             self.register_parameter(name, nn.Parameter(self._init_value(name, shape, dtype, device, generator)))
-        self.set_choice(max_choice(space, geom))
+        # Every structure computes the base layer while the out-side factors are zero, so
+        # a fresh adapter runs the cheapest one (usually all `none`: the base op alone).
+        self.set_choice(min_choice(space, geom))
 
     @staticmethod
     def _init_value(name, shape, dtype, device, generator) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 
 import glorac
 from glorac.dsl.library import PAPER_SPACE
+from glorac.kinds import max_choice
 from glorac.checkpoint import load, save
 from glorac.models import ModelRef
 from tests.reference import perturb, random_structure, reference_model
@@ -68,6 +69,7 @@ def test_gradients_reach_only_adapters_and_head(name):
     model = entry.build()
     supernet = glorac.compile(spec_for(entry), model)
     perturb(supernet, seed=3)
+    supernet.set_choice({n: max_choice(a.space, a.geom) for n, a in supernet.adapters.items()})
     supernet.train()
     out = entry.output(supernet(*entry.example_input()))
     out.float().pow(2).mean().backward()

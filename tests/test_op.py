@@ -197,9 +197,10 @@ def test_unbatched_conv_input():
 def test_fresh_adapter_is_the_base_layer(case_name):
     case = make_case(case_name)
     adapter = build_adapter_for(case.module, FULL, generator=torch.Generator().manual_seed(0))
-    assert adapter.choice == LayerChoice(A=K("lora(4)"), B=K("lora(4)"), C=K("lora(4)"), D=VEC, E=VEC)
+    assert adapter.choice == LayerChoice()  # the cheapest structure: the base op alone
+    richest = LayerChoice(A=K("lora(4)"), B=K("lora(4)"), C=K("lora(4)"), D=VEC, E=VEC)
     base = case.module(case.x)
-    for choice in all_choices(FULL)[::5] + [adapter.choice]:
+    for choice in all_choices(FULL)[::5] + [adapter.choice, richest]:
         adapter.set_choice(choice)
         y = adapter(case.x, case.module.weight, case.module.bias)
         assert (y - base).abs().max() <= 1e-6, str(choice)
