@@ -37,17 +37,11 @@ import torch
 
 import glorac
 from glorac.data import Batch
+from glorac.dsl.library import PAPER_SPACE
 from glorac.evaluate import FoldedEvaluator, accuracy, supernet_accuracy
 from glorac.sampling import StructureSampler
 
-SPEC = """
-space paper(r=8) {
-    A: lora(r) | vector | scalar | none
-    B: lora(r) | vector | scalar | none
-    C: lora(r) | vector | none
-    D: vector | scalar | none
-    E: vector | scalar | none
-}
+SPEC = PAPER_SPACE + """
 adapt "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2" with paper
 train "head"
 """

@@ -165,10 +165,11 @@ def _load_tensors(supernet: Supernet, payload: dict, path: Path) -> None:
     _copy_into(own_trained, payload["trained"], path, "trained-module")
 
 
-def _copy_into(own: dict[str, torch.Tensor], stored: dict, path: Path, what: str) -> None:
-    missing = sorted(set(own) - set(stored))
-    unexpected = sorted(set(stored) - set(own))
-    wrong = [k for k in own if k in stored and tuple(stored[k].shape) != tuple(own[k].shape)]
+def check_tensor_table(shapes: dict[str, tuple], stored: dict, path: Path, what: str) -> None:
+    """Stored tensors must be exactly the expected names with the expected shapes."""
+    missing = sorted(set(shapes) - set(stored))
+    unexpected = sorted(set(stored) - set(shapes))
+    wrong = [k for k in shapes if k in stored and tuple(stored[k].shape) != tuple(shapes[k])]
     if missing or unexpected or wrong:
         detail = "; ".join(x for x in (
             f"missing {', '.join(missing[:3])}" if missing else "",
@@ -176,6 +177,10 @@ def _copy_into(own: dict[str, torch.Tensor], stored: dict, path: Path, what: str
             f"wrong shape {', '.join(wrong[:3])}" if wrong else "") if x)
         raise CheckpointError(f"{path}: {what} tensors do not match the supernet ({detail}); "
                               "the checkpoint belongs to another spec or model.")
+
+
+def _copy_into(own: dict[str, torch.Tensor], stored: dict, path: Path, what: str) -> None:
+    check_tensor_table({k: t.shape for k, t in own.items()}, stored, path, what)
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(stored[k].to(t.dtype))

@@ -6,7 +6,6 @@ torch is imported inside each command, so `glorac check` and `glorac fmt` stay f
 from __future__ import annotations
 
 import json
-import sys
 
 from .errors import ModelError
 

@@ -65,7 +65,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import _copy_into, read_checkpoint
+from .checkpoint import _copy_into, check_tensor_table, read_checkpoint
 from .errors import CheckpointError, FoldError, GloraError
 from .export import FoldResult, _write_hf_dir
 from .graph import fold as _fold
@@ -370,16 +370,7 @@ def _check_layers(plan: Plan, keys: _KeyMap, shards: _Shards) -> None:
 def _check_trained(plan: Plan, keys: _KeyMap, stored: dict, path: Path) -> dict[str, torch.Tensor]:
     """The `train` modules' tensors by shard key."""
     own = [k for k in keys.shapes if _under(k, plan.trained)]
-    missing = sorted(set(own) - set(stored))
-    unexpected = sorted(set(stored) - set(own))
-    wrong = [k for k in own if k in stored and tuple(stored[k].shape) != keys.shapes[k]]
-    if missing or unexpected or wrong:
-        detail = "; ".join(x for x in (
-            f"missing {', '.join(missing[:3])}" if missing else "",
-            f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
-            f"wrong shape {', '.join(wrong[:3])}" if wrong else "") if x)
-        raise CheckpointError(f"{path}: trained-module tensors do not match the supernet ({detail}); "
-                              "the checkpoint belongs to another spec or model.")
+    check_tensor_table({k: keys.shapes[k] for k in own}, stored, path, "trained-module")
     nowhere = [k for k in own if k not in keys.file_key]
     if nowhere:
         raise FoldError(f"the model's shards have no place for the trained tensor(s) "

@@ -13,13 +13,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .checkpoint import load, read_checkpoint
+from .checkpoint import load
 from .data import TaskData, check_num_classes, load_data, require_split
 from .distributed import Dist, all_gather_objects, barrier
-from .errors import CheckpointError, DataError, GloraError
+from .errors import CheckpointError, GloraError
 from .evaluate import FoldedEvaluator, accuracy, cached_batches
 from .graph.fold import resolve_structure
-from .ir import SearchSettings, Structure, TrainSettings
+from .ir import Structure, TrainSettings
 from .safeio import atomic_write
 
 

@@ -16,7 +16,6 @@ import glorac
 from glorac.dsl.library import PAPER_SPACE
 from glorac.checkpoint import read_checkpoint
 from glorac.cli import main
-from glorac.errors import GloraError
 from glorac.sampling import StructureSampler
 
 ROOT = Path(__file__).resolve().parent.parent
