@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch, TaskData
+from .graph.fold import write_folded_layer
 from .ir import Structure
 from .train import forward_logits
 
@@ -63,15 +64,9 @@ class FoldedEvaluator:
             source = self.supernet.base_model.get_submodule(name)
             w, b = adapter.fold(source.weight, source.bias, structure.layers[name])
             target = self.layers[name]
-            with torch.no_grad():
-                target.weight.copy_(w)
-                if b is not None:
-                    if target.bias is None:
-                        target.bias = nn.Parameter(b.clone(), requires_grad=False)
-                    else:
-                        target.bias.copy_(b)
-                elif target.bias is not None and source.bias is None:
-                    target.bias = None  # an earlier candidate created it; this one does not
+            if b is None and target.bias is not None:
+                target.bias = None  # an earlier candidate created it; this one does not
+            write_folded_layer(target, w, b)
         return accuracy(self.scratch, self.batches)
 
 

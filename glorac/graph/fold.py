@@ -160,7 +160,7 @@ def fold_with_report(supernet, choice=None, *, inplace: bool = False, probe: Opt
         w, b = folded_layer(supernet, name, layer_choice)
         source = supernet.base_model.get_submodule(name)
         delta, rel = _layer_probe(source, adapter, w, b, generator) if measure else (float("nan"),) * 2
-        _write_layer(model.get_submodule(name), w, b)
+        write_folded_layer(model.get_submodule(name), w, b)
         layers.append(LayerFold(layer=name, structure=str(layer_choice), rel_delta=rel,
                                 params=choice_param_count(layer_choice, adapter.geom), max_abs_delta=delta))
     model.eval()
@@ -180,7 +180,7 @@ def fold_with_report(supernet, choice=None, *, inplace: bool = False, probe: Opt
     return model, report
 
 
-def _write_layer(owner: nn.Module, w: torch.Tensor, b: Optional[torch.Tensor]) -> None:
+def write_folded_layer(owner: nn.Module, w: torch.Tensor, b: Optional[torch.Tensor]) -> None:
     with torch.no_grad():
         owner.weight.copy_(w)
         if b is None:
