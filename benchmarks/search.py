@@ -36,6 +36,7 @@ import timm
 import torch
 
 import glorac
+from common import pick_device
 from glorac.data import Batch
 from glorac.dsl.library import PAPER_SPACE
 from glorac.evaluate import FoldedEvaluator, accuracy, supernet_accuracy
@@ -78,12 +79,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 images, 3 candidates (CPU: 1 thread unless --threads)")
     args = ap.parse_args()
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    gpu = device.type == "cuda"
-    if args.quick and not gpu and args.threads is None:
-        args.threads = 1  # a smoke run should not depend on how busy the other cores are
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device, gpu = pick_device(args)
     if args.quick:
         args.images = args.images or 64
         args.candidates = args.candidates or 3

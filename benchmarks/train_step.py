@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import glorac
+from common import pick_device
 from glorac.sampling import StructureSampler
 
 ADAPT = '"blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"'
@@ -385,12 +386,7 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    gpu = device.type == "cuda"
-    if args.quick and not gpu and args.threads is None:
-        args.threads = 1  # a smoke run should not depend on how busy the other cores are
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device, gpu = pick_device(args)
     if args.quick:
         args.models = args.models or "vit_tiny_patch16_224"
         args.img_size = args.img_size or 160
