@@ -96,3 +96,21 @@ def reference_model(base: nn.Module, supernet, structure: Structure) -> nn.Modul
         if b is not None:
             owner.bias = nn.Parameter(b.to(dtype), requires_grad=False)
     return model
+
+
+# ---------------------------------------------------------------- test helpers
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got − want| / max |want|, in float64."""
+    got, want = got.double(), want.double()
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``glorac ARGV`` run in-process."""
+    from glorac.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,8 +10,8 @@ from glorac.dsl.library import PAPER_SPACE
 from glorac.kinds import max_choice
 from glorac.checkpoint import load, save
 from glorac.models import ModelRef
-from tests.reference import perturb, random_structure, reference_model
-from tests.zoo import ZOO, available
+from tests.reference import perturb, random_structure, reference_model, rel_err
+from tests.zoo import ZOO, zoo_entry
 
 
 
@@ -27,20 +27,10 @@ def spec_for(entry, *, bias: str = "preserve", rank: int = 4) -> str:
     return text
 
 
-def _entry(name):
-    entry = ZOO[name]
-    if not available(entry):
-        pytest.skip(f"{entry.needs} not installed")
-    return entry
-
-
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_init_equals_base_and_structure_matches_reference(name):
-    entry = _entry(name)
+    entry = zoo_entry(name)
     model = entry.build()
     x = entry.example_input()
     with torch.no_grad():
@@ -60,12 +50,12 @@ def test_init_equals_base_and_structure_matches_reference(name):
         got = entry.output(supernet(*x))
         want = entry.output(reference(*x))
     assert (got - base_out).abs().max() > 1e-4, "perturbed adapters must change the output"
-    assert _rel_err(got, want) < 1e-4
+    assert rel_err(got, want) < 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_gradients_reach_only_adapters_and_head(name):
-    entry = _entry(name)
+    entry = zoo_entry(name)
     model = entry.build()
     supernet = glorac.compile(spec_for(entry), model)
     perturb(supernet, seed=3)
@@ -86,7 +76,7 @@ def test_gradients_reach_only_adapters_and_head(name):
 
 @pytest.mark.parametrize("name", ["vit", "functional", "untraceable", "custom_biasfree"])
 def test_save_load_round_trip(name, tmp_path):
-    entry = _entry(name)
+    entry = zoo_entry(name)
     model = entry.build()
     supernet = glorac.compile(spec_for(entry), model)
     supernet.model_ref = ModelRef(name=f"tests.zoo:{name}", source="factory")
@@ -110,7 +100,7 @@ def test_save_load_round_trip(name, tmp_path):
 
 
 def test_bias_add_creates_biases_on_bias_free_layers():
-    entry = _entry("custom_biasfree")
+    entry = zoo_entry("custom_biasfree")
     model = entry.build()
     supernet = glorac.compile(spec_for(entry, bias="add"), model)
     biasfree = [lp for lp in supernet.plan.layers if not lp.site.has_bias]
@@ -123,11 +113,11 @@ def test_bias_add_creates_biases_on_bias_free_layers():
     supernet.set_choice(structure)
     x = entry.example_input()
     with torch.no_grad():
-        assert _rel_err(supernet(*x), reference_model(model, supernet, structure)(*x)) < 1e-4
+        assert rel_err(supernet(*x), reference_model(model, supernet, structure)(*x)) < 1e-4
 
 
 def test_bias_preserve_drops_cde_and_says_so():
-    entry = _entry("custom_biasfree")
+    entry = zoo_entry("custom_biasfree")
     p = glorac.plan(glorac.load_spec(spec_for(entry)), entry.build())
     for lp in p.layers:
         if not lp.site.has_bias:
@@ -136,6 +126,6 @@ def test_bias_preserve_drops_cde_and_says_so():
 
 
 def test_functional_linear_is_a_site():
-    entry = _entry("functional")
+    entry = zoo_entry("functional")
     p = glorac.plan(glorac.load_spec(spec_for(entry)), entry.build())
     assert any(lp.site.functional for lp in p.layers)

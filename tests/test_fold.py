@@ -27,8 +27,8 @@ from glorac.errors import FoldError, GloraError, PlanError
 from glorac.graph import fold as fold_module
 from glorac.graph.fold import TOLERANCE, fold_with_report, folded_layer
 from glorac.ir import TENSORS, Kind, LayerChoice, Structure
-from tests.reference import perturb, random_structure, reference_weight_bias
-from tests.zoo import ZOO, available
+from tests.reference import perturb, random_structure, reference_weight_bias, rel_err
+from tests.zoo import zoo_entry
 
 
 K = Kind.parse
@@ -60,16 +60,6 @@ def zoo_spec(entry, *, bias: str = "preserve") -> str:
     return spec_text(entry.adapt + EXTRA_ADAPT.get(entry.name, ()), bias=bias, train=entry.head)
 
 
-def _entry(name):
-    entry = ZOO[name]
-    if not available(entry):
-        pytest.skip(f"{entry.needs} not installed")
-    return entry
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
 
 
 def ulps(got: torch.Tensor, want64: torch.Tensor) -> int:
@@ -271,7 +261,7 @@ ZOO_E2E = ["vit", "deit", "swin", "convnext", "resnet", "efficientnet", "bert", 
 
 @pytest.mark.parametrize("name", ZOO_E2E)
 def test_zoo_fold_loads_strictly_into_the_stock_model(name, tmp_path):
-    entry = _entry(name)
+    entry = zoo_entry(name)
     model = entry.build()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     x = entry.example_input()
@@ -320,7 +310,7 @@ def test_zoo_fold_loads_strictly_into_the_stock_model(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["custom_biasfree", "llama", "efficientnet"])
 def test_bias_add_emits_exactly_the_new_bias_keys(name):
-    entry = _entry(name)
+    entry = zoo_entry(name)
     model = entry.build()
     base_keys = dict(model.state_dict())
     supernet = glorac.compile(zoo_spec(entry, bias="add"), model)
@@ -359,7 +349,7 @@ def test_bias_add_emits_exactly_the_new_bias_keys(name):
 
 
 def test_bias_add_without_c_or_e_creates_no_bias():
-    entry = _entry("custom_biasfree")
+    entry = zoo_entry("custom_biasfree")
     model = entry.build()
     supernet = glorac.compile(zoo_spec(entry, bias="add"), model)
     perturb(supernet, seed=33)
@@ -371,7 +361,7 @@ def test_bias_add_without_c_or_e_creates_no_bias():
 # --------------------------------------------------------------------------- dtypes
 
 def _bf16_vit():
-    entry = _entry("vit")
+    entry = zoo_entry("vit")
     model = entry.build().to(torch.bfloat16)
     supernet = glorac.compile(zoo_spec(entry), model)
     perturb(supernet, seed=41)
@@ -398,7 +388,7 @@ def test_bf16_base_folds_to_bf16_within_tolerance():
 
 
 def test_float32_report_is_tight():
-    entry = _entry("vit")
+    entry = zoo_entry("vit")
     model = entry.build()
     supernet = glorac.compile(zoo_spec(entry), model)
     perturb(supernet, seed=43)
@@ -418,7 +408,7 @@ def test_float32_report_is_tight():
 # --------------------------------------------------------------------------- inplace
 
 def _vit_supernet(seed=51):
-    entry = _entry("vit")
+    entry = zoo_entry("vit")
     model = entry.build()
     supernet = glorac.compile(zoo_spec(entry), model)
     perturb(supernet, seed=seed)
@@ -483,7 +473,7 @@ def test_open_space_without_a_structure_is_refused():
 
 
 def test_one_choice_space_folds_without_a_structure():
-    entry = _entry("vit")
+    entry = zoo_entry("vit")
     model = entry.build()
     spec = """
 space fixed { A: vector  B: lora(2)  C: vector  D: scalar  E: vector }
@@ -574,7 +564,7 @@ def _drop_b(monkeypatch):
 
 
 def _custom_with_b(name: str = "untraceable"):
-    entry = _entry(name)
+    entry = zoo_entry(name)
     model = entry.build()
     supernet = glorac.compile(zoo_spec(entry), model)
     perturb(supernet, seed=71)

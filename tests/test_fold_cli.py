@@ -25,7 +25,7 @@ from glorac.dsl.library import PAPER_SPACE
 from glorac.cli import main
 from glorac.graph import fold as fold_module
 from glorac.ir import Kind, LayerChoice, Structure
-from tests.reference import perturb, random_structure
+from tests.reference import perturb, random_structure, rel_err, run_cli
 from tests.zoo import ZOO, available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,15 +38,6 @@ def spec_for(entry) -> str:
     return PAPER_SPACE + f"\nadapt {patterns} with paper(r=4)\ntrain {heads}\n"
 
 
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _train_like(checkpoint: Path, seed: int, *, select: Structure | None = None) -> Structure:

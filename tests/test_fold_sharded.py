@@ -22,11 +22,10 @@ from safetensors.torch import load_file, save_file
 import glorac
 from glorac.dsl.library import PAPER_SPACE
 from glorac import export, sharded
-from glorac.cli import main
 from glorac.errors import CheckpointError, FoldError
 from glorac.ir import Kind, Structure
 from glorac.models import resolve_model
-from tests.reference import perturb, random_structure
+from tests.reference import perturb, random_structure, rel_err, run_cli
 from tests.zoo import ZOO
 
 transformers = pytest.importorskip("transformers")
@@ -39,15 +38,6 @@ train "norm"
 """
 
 
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.double(), want.double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _leftovers(directory: Path) -> list[str]:

@@ -54,6 +54,16 @@ def available(entry: ZooEntry) -> bool:
     return entry.needs is None or importlib.util.find_spec(entry.needs) is not None
 
 
+def zoo_entry(name: str) -> ZooEntry:
+    """The entry, or a pytest skip when its optional package is missing."""
+    import pytest
+
+    entry = ZOO[name]
+    if not available(entry):
+        pytest.skip(f"{entry.needs} not installed")
+    return entry
+
+
 def seeded(make: Callable[[], nn.Module], seed: int = SEED) -> nn.Module:
     """Build under a fixed seed without touching the caller's RNG; eval mode."""
     with torch.random.fork_rng(devices=[]):
