@@ -10,6 +10,11 @@ import json
 from .errors import ModelError
 
 
+#: Training settings `glorac finetune` overrides (flag, type); the spec's are for the supernet.
+_FINETUNE_FLAGS = (("epochs", int), ("lr", float), ("batch-size", int), ("warmup-epochs", int),
+                   ("weight-decay", float), ("seed", int))
+
+
 def register(sub) -> None:
     p = sub.add_parser("plan", help="show which layer gets which space (no weights needed)")
     _spec_and_model_args(p)
@@ -48,6 +53,18 @@ def register(sub) -> None:
         p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's training setting")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune the searched structure (optional; not in the GLoRA paper)")
+    p.add_argument("checkpoint", metavar="SEARCHED", help="checkpoint from `glorac search` (or any, with --structure)")
+    _data_args(p)
+    p.add_argument("-o", "--output", default=None, help="checkpoint to write (default: SEARCHED.finetuned.pt)")
+    p.add_argument("--structure", default=None,
+                   help="structure JSON to fine-tune (default: the one the checkpoint has selected)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    for flag, typ in _FINETUNE_FLAGS:
+        p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's training setting")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("search", help="evolutionary structure search under a parameter budget")
     p.add_argument("checkpoint", metavar="SUPERNET", help="trained supernet checkpoint")
@@ -119,6 +136,30 @@ def cmd_train(args) -> int:
             data_options=_data_options(args), progress=args.progress)
         if d.main:
             print(f"wrote {out} after {state.epochs_done} epoch(s), {state.step} steps")
+    finally:
+        teardown(d)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    import time
+
+    from .distributed import setup, teardown
+    from .workflow import finetune_checkpoint
+
+    d = setup(args.device)
+    try:
+        start = time.perf_counter()
+        supernet, state, out = finetune_checkpoint(
+            args.checkpoint, args.data, output=args.output, structure=args.structure, force=args.force,
+            dist=d, overrides=_settings(args, [f.replace("-", "_") for f, _ in _FINETUNE_FLAGS]),
+            data_options=_data_options(args), progress=args.progress)
+        seconds = time.perf_counter() - start
+        if d.main:
+            rates = [r["examples_per_s"] for r in state.history if "examples_per_s" in r]
+            speed = f", {sum(rates) / len(rates):.1f} examples/s" if rates else ""
+            print(f"wrote {out}: {supernet.structure_params():,} adapter parameters fine-tuned for "
+                  f"{state.epochs_done} epoch(s), {state.step} steps in {seconds:.1f} s{speed}")
     finally:
         teardown(d)
     return 0

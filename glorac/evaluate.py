@@ -1,11 +1,11 @@
 """Top-1 accuracy and loss of a model on a data split (``glorac eval``), and the fast
-candidate evaluator used by the search: fold once per candidate, then plain forwards.
+candidate evaluator used by the search: fold what changed per candidate, then plain forwards.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import nn
 
 from .data import Batch, TaskData
 from .graph.fold import write_folded_layer
-from .ir import Structure
+from .ir import LayerChoice, Structure
 from .train import forward_logits
 
 
@@ -26,52 +26,95 @@ def cached_batches(data: TaskData, split: str, batch_size: int, device, *, rank:
             for k in range(0, len(indices), batch_size)]
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, batches: list[Batch], num_classes: Optional[int] = None) -> dict:
-    """{"accuracy", "loss", "correct", "n"} of ``model`` over ``batches`` (eval mode)."""
-    was_training = model.training
-    model.eval()
-    correct, loss, n = 0, 0.0, 0
+#: ``forward(model, batch) -> logits``: how a batch becomes class scores.
+Forward = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def _score(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int]) -> dict:
+    # Sums stay on the device (float64, the same numbers as Python floats) so that a GPU
+    # synchronises once per call rather than twice per batch.
+    correct = loss = None
+    n = 0
     for batch in batches:
-        logits = forward_logits(model, batch).float()
+        logits = forward(model, batch).float()
         if num_classes is not None and logits.shape[-1] != num_classes:
             from .errors import DataError
 
             raise DataError(f"the data has {num_classes} classes but the model outputs {logits.shape[-1]} "
                             f"scores; evaluate on data with the classes the model was trained on.")
-        loss += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == batch.labels).sum().item()
+        batch_loss = F.cross_entropy(logits, batch.labels, reduction="sum").double()
+        batch_correct = (logits.argmax(-1) == batch.labels).sum()
+        loss = batch_loss if loss is None else loss + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
         n += len(batch)
-    model.train(was_training)
+    correct, loss = (0, 0.0) if loss is None else (int(correct.item()), loss.item())
     return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "correct": correct, "n": n}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, batches: list[Batch], num_classes: Optional[int] = None,
+             forward: Forward = forward_logits) -> dict:
+    """{"accuracy", "loss", "correct", "n"} of ``model`` over ``batches`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _score(model, batches, forward, num_classes)
+    finally:
+        model.train(was_training)
 
 
 class FoldedEvaluator:
     """Evaluates structures by folding each into a scratch copy of the base model.
 
-    The scratch copy is made once; per candidate only the adapted layers' weights are
-    rewritten (always from the supernet's untouched base weights), so a candidate costs
-    one fold of the adapted layers plus plain forwards at base-model speed.
+    The scratch copy is made once. Per candidate only the adapted layers whose choice
+    differs from what the scratch model already holds are re-folded (always from the
+    supernet's untouched base weights, so the result does not depend on the order of
+    candidates); then plain forwards at base-model speed, under ``torch.inference_mode``.
+    Children of one parent share most layers, so a candidate usually costs a fraction of
+    a full fold. The record of what was written assumes the supernet's adapter values
+    do not change while the evaluator is in use: call :meth:`forget` after they do.
+
+    ``forward(model, batch) -> logits`` turns a batch into class scores; the default,
+    :func:`glorac.train.forward_logits`, calls the model on the batch's inputs. A user who
+    compiled only a backbone passes the head here, e.g.
+    ``FoldedEvaluator(supernet, batches, forward=lambda m, b: head(m(*b.inputs)))``.
     """
 
-    def __init__(self, supernet, batches: list[Batch]):
+    def __init__(self, supernet, batches: list[Batch], forward: Optional[Forward] = None):
         self.supernet, self.batches = supernet, batches
+        self.forward: Forward = forward or forward_logits
         self.scratch = copy.deepcopy(supernet.base_model).eval()
         self.layers = {n: self.scratch.get_submodule(n) for n in supernet.adapters}
+        self.written: dict[str, LayerChoice] = {}  # layer → the choice folded into the scratch copy
+
+    def forget(self) -> None:
+        """Re-fold every layer next time (the supernet's adapter values changed)."""
+        self.written.clear()
 
     def __call__(self, structure: Structure) -> dict:
+        self._fold_changed(structure)
+        with torch.inference_mode():
+            return _score(self.scratch, self.batches, self.forward, None)
+
+    def _fold_changed(self, structure: Structure) -> None:
         for name, adapter in self.supernet.adapters.items():
+            choice = structure.layers[name]
+            if self.written.get(name) == choice:
+                continue
             source = self.supernet.base_model.get_submodule(name)
-            w, b = adapter.fold(source.weight, source.bias, structure.layers[name])
+            # Outside inference mode: a bias created here must stay a normal tensor.
+            w, b = adapter.fold(source.weight, source.bias, choice)
             target = self.layers[name]
             if b is None and target.bias is not None:
                 target.bias = None  # an earlier candidate created it; this one does not
+            self.written.pop(name, None)  # a failed write must not leave a stale record
             write_folded_layer(target, w, b)
-        return accuracy(self.scratch, self.batches)
+            self.written[name] = choice
 
 
-def supernet_accuracy(supernet, batches: list[Batch], structure: Optional[Structure] = None) -> dict:
+def supernet_accuracy(supernet, batches: list[Batch], structure: Optional[Structure] = None,
+                      forward: Forward = forward_logits) -> dict:
     """The same measure through the unfolded supernet (slower; a cross-check)."""
     if structure is not None:
         supernet.set_choice(structure)
-    return accuracy(supernet, batches)
+    return accuracy(supernet, batches, forward=forward)

@@ -174,6 +174,9 @@ class SearchSettings(_Frozen):
     crossovers: int = Field(default=25, ge=0)
     mutation_prob: float = Field(default=0.2, ge=0.0, le=1.0)
     seed: int = Field(default=0, ge=0)
+    # Grow every new structure until no upgrade fits the budget (glorac.search.evolution):
+    # repaired random draws use about half of a tight budget. False: the paper's procedure.
+    fill: bool = True
 
 
 class TrainSettings(_Frozen):
@@ -189,6 +192,11 @@ class TrainSettings(_Frozen):
     grad_clip: Optional[float] = Field(default=None, gt=0.0)
     head_lr: Optional[float] = Field(default=None, gt=0.0)  # lr of the `train` modules (default: lr)
     seed: int = Field(default=0, ge=0)
+    # How stored adapter values map to A..E (glorac.kinds.kind_scale): fixed at compile
+    # time, stored with the spec, folded exactly. `paper` is the authors' code.
+    parametrization: Literal["balanced", "paper"] = "balanced"
+    # Structures trained per step (glorac.sampling): `uniform` is the paper's one draw.
+    sampling: Literal["uniform", "sandwich"] = "uniform"
 
 
 class Spec(_Frozen):

@@ -14,6 +14,7 @@ first r columns/rows, ``vector`` reads column 0 of ``A_out`` and ``scalar`` its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from math import prod
 from typing import Sequence, Union
 
@@ -141,6 +142,39 @@ def min_choice(space: Space, geom: Geometry) -> LayerChoice:
 def max_choice(space: Space, geom: Geometry) -> LayerChoice:
     """The structure with the most adapter values (ties: the richest kinds)."""
     return _extreme_choice(space, geom, +1)
+
+
+#: How adapter parameters map to support tensors (DESIGN.md §1, docs/parametrization.md).
+PARAMETRIZATIONS: tuple[str, ...] = ("balanced", "paper")
+
+
+def kind_scale(tensor: str, kind: Kind, geom: Geometry, parametrization: str = "balanced") -> float:
+    """The constant a kind's stored values are multiplied by before they enter W' and b'.
+
+    ``paper`` is the authors' code: every scale is 1. ``balanced`` picks, per kind, the
+    constant that makes one optimiser step move the layer's output by a comparable
+    amount whatever the kind (measured in docs/parametrization.md): a broadcast B
+    (``vector``/``scalar``) adds ``b · Σ_j x_j`` over the whole fan-in, so it is read
+    as a rank-1 product with the unit-norm in-side vector ``1/√fan_in``; A = lora(r)
+    multiplies W0 elementwise, so its product is brought to O(1) entries like A's
+    vector and scalar kinds (``√(fan_in/r)``); C = lora(r) has an r×1 in-side factor
+    with O(1) entries, so its r terms are averaged (``1/r``). Everything else is 1.
+
+    A constant folds exactly into W' and b' (like LoRA's α/r); it changes how training
+    moves, never which functions a structure can express or its parameter count.
+    """
+    _check_allowed(tensor, kind)
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(f"unknown parametrization {parametrization!r}; expected one of {PARAMETRIZATIONS}")
+    if parametrization == "paper" or kind.kind == "none":
+        return 1.0
+    if tensor == "A" and kind.kind == "lora":
+        return math.sqrt(geom.fan_in / kind.rank)
+    if tensor == "B" and kind.kind in ("vector", "scalar"):
+        return 1.0 / math.sqrt(geom.fan_in)
+    if tensor == "C" and kind.kind == "lora":
+        return 1.0 / kind.rank
+    return 1.0
 
 
 def choice_in_space(choice: LayerChoice, space: Space) -> bool:

@@ -28,11 +28,13 @@ from torch.nn.modules.utils import _pair
 
 from .errors import PlanError
 from .ir import LayerChoice, Space
-from .kinds import Geometry, choice_in_space, min_choice, storage_shapes
+from .kinds import PARAMETRIZATIONS, Geometry, choice_in_space, kind_scale, min_choice, storage_shapes
 
-#: A choice compiled to plain Python values: ((kind, rank), ...) in TENSORS order.
+#: A choice compiled to plain Python values: ((kind, rank, scale), ...) in TENSORS order,
+#: ``scale`` being the parametrization's constant (:func:`glorac.kinds.kind_scale`).
 #: forward branches only on these, so torch.compile specialises cleanly per choice.
-_Kinds = tuple[tuple[str, int], ...]
+_Kind = tuple[str, int, float]
+_Kinds = tuple[_Kind, ...]
 
 _CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 
@@ -47,8 +49,8 @@ def _normalise_conv(conv: Optional[dict]) -> dict:
     return {"stride": _pair(c["stride"]), "padding": pad, "dilation": _pair(c["dilation"]), "groups": int(c["groups"])}
 
 
-def _compile_choice(choice: LayerChoice) -> _Kinds:
-    return tuple((k.kind, k.rank or 0) for _, k in choice.items())
+def _compile_choice(choice: LayerChoice, geom: Geometry, parametrization: str) -> _Kinds:
+    return tuple((k.kind, k.rank or 0, kind_scale(t, k, geom, parametrization)) for t, k in choice.items())
 
 
 class GloraAdapter(nn.Module):
@@ -64,10 +66,14 @@ class GloraAdapter(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: Union[torch.device, str, None] = None,
         generator: Optional[torch.Generator] = None,
+        parametrization: str = "balanced",
     ):
         super().__init__()
         if layer not in ("linear", "conv2d"):
             raise ValueError(f"layer must be 'linear' or 'conv2d', not {layer!r}")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"unknown parametrization {parametrization!r}; expected one of {PARAMETRIZATIONS}")
+        self.parametrization = parametrization
         if layer == "linear" and conv:
             raise ValueError("conv parameters given for a linear adapter")
         self.space, self.geom, self.layer = space, geom, layer
@@ -91,6 +97,18 @@ class GloraAdapter(nn.Module):
             value.uniform_(-bound, bound, generator=generator)
         return value.to(device) if device is not None else value
 
+    def reset_in_factors(self, generator: Optional[torch.Generator] = None) -> None:
+        """Re-draw every in-side factor (``*_in``) exactly as construction draws it.
+
+        Same order and distribution as ``__init__``, so re-drawing all adapters of a
+        supernet in plan order from a generator seeded like compile's reproduces its init.
+        While the out-side factors are zero the layer still computes the base layer.
+        """
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("_in"):
+                    p.copy_(self._init_value(name, tuple(p.shape), p.dtype, None, generator))
+
     # ------------------------------------------------------------------ choice
     def set_choice(self, choice: LayerChoice) -> None:
         """Select the structure forward and fold use; it must lie in the space."""
@@ -103,48 +121,51 @@ class GloraAdapter(nn.Module):
                 "pick kinds (and lora ranks) that the space lists"
             )
         self.choice = choice
-        self._kinds: _Kinds = _compile_choice(choice)
+        self._kinds: _Kinds = _compile_choice(choice, self.geom, self.parametrization)
 
     def extra_repr(self) -> str:
         g = self.geom
-        return f"{self.layer}, out={g.out}, fan_in={g.fan_in}, space=[{self.space}], choice=[{self.choice}]"
+        return (f"{self.layer}, out={g.out}, fan_in={g.fan_in}, space=[{self.space}], choice=[{self.choice}], "
+                f"parametrization={self.parametrization}")
 
     # ------------------------------------------------------ support tensors
-    def _lowrank(self, tensor: str, rank: int, dtype) -> tuple[Tensor, Tensor]:
-        u = getattr(self, f"{tensor}_out")[:, :rank]
-        v = getattr(self, f"{tensor}_in")[:rank, :]
-        return u.to(dtype), v.to(dtype)
+    def _lowrank(self, tensor: str, kind: _Kind, dtype) -> tuple[Tensor, Tensor]:
+        """(scale·U, V): the first r columns/rows of the max-rank factors."""
+        _, rank, scale = kind
+        u = getattr(self, f"{tensor}_out")[:, :rank].to(dtype)
+        v = getattr(self, f"{tensor}_in")[:rank, :].to(dtype)
+        return (u if scale == 1.0 else u * scale), v
 
-    def _column0(self, tensor: str, kind: str, dtype) -> Tensor:
-        """vector → column 0 of the out-side factor (out,); scalar → its [0, 0] (0-d)."""
+    def _column0(self, tensor: str, kind: _Kind, dtype) -> Tensor:
+        """vector → scale · column 0 of the out-side factor (out,); scalar → its [0, 0] (0-d)."""
+        name, _, scale = kind
         p = getattr(self, f"{tensor}_out")
-        return (p[:, 0] if kind == "vector" else p[0, 0]).to(dtype)
+        col = (p[:, 0] if name == "vector" else p[0, 0]).to(dtype)
+        return col if scale == 1.0 else col * scale
 
-    def _dense_ab(self, tensor: str, kind: tuple[str, int], w: Tensor) -> Optional[Tensor]:
+    def _dense_ab(self, tensor: str, kind: _Kind, w: Tensor) -> Optional[Tensor]:
         """A or B as a tensor broadcastable to ``w`` (None for none)."""
-        name, rank = kind
+        name = kind[0]
         if name == "none":
             return None
         if name == "lora":
-            u, v = self._lowrank(tensor, rank, w.dtype)
+            u, v = self._lowrank(tensor, kind, w.dtype)
             return (u @ v).view(w.shape)
-        col = self._column0(tensor, name, w.dtype)
+        col = self._column0(tensor, kind, w.dtype)
         return col.view(-1, *[1] * (w.dim() - 1)) if name == "vector" else col
 
-    def _c_vector(self, kind: tuple[str, int], dtype) -> Tensor:
-        name, rank = kind
-        if name == "lora":
-            u, v = self._lowrank("C", rank, dtype)
+    def _c_vector(self, kind: _Kind, dtype) -> Tensor:
+        if kind[0] == "lora":
+            u, v = self._lowrank("C", kind, dtype)
             return (u @ v)[:, 0]
-        return self.C_out[:, 0].to(dtype)
+        return self._column0("C", kind, dtype)
 
     def _effective_weight(self, w: Tensor, kinds: _Kinds) -> Tensor:
         """W0 + W0⊙A + B in w's dtype and shape."""
         a = self._dense_ab("A", kinds[0], w)
         out = w if a is None else torch.addcmul(w, w, a)
-        kind_b, rank_b = kinds[1]
-        if kind_b == "lora":  # fuse the low-rank product into the add
-            u, v = self._lowrank("B", rank_b, w.dtype)
+        if kinds[1][0] == "lora":  # fuse the low-rank product into the add
+            u, v = self._lowrank("B", kinds[1], w.dtype)
             return torch.addmm(out.reshape(w.shape[0], -1), u, v).view(w.shape)
         b = self._dense_ab("B", kinds[1], w)
         return out if b is None else out + b
@@ -154,7 +175,7 @@ class GloraAdapter(nn.Module):
 
         ``w`` must be the ORIGINAL weight: W0·C with the updated W' is a known bug.
         """
-        (kc, _), (kd, _), (ke, _) = kinds[2], kinds[3], kinds[4]
+        kc, kd, ke = kinds[2][0], kinds[3][0], kinds[4][0]
         dtype, out = w.dtype, w.shape[0]
         acc = bias
         if bias is not None and kd != "none":  # D scales b0; without b0 it has no effect
@@ -204,19 +225,19 @@ class GloraAdapter(nn.Module):
         if kind_a == "none":
             return y if side is None else y + side
         # y's dtype, not W0's: under autocast the base op may run in lower precision.
-        a = self._per_channel(self._column0("A", kind_a, y.dtype))
+        a = self._per_channel(self._column0("A", kinds[0], y.dtype))
         return _ScaleAdd.apply(y, a, side)
 
     def _b_side_path(self, x: Tensor, w: Tensor, dtype) -> Optional[Tensor]:
         """x·Bᵀ for B ∈ {lora, vector, scalar} without materialising B (None for none)."""
-        kind_b, rank_b = self._kinds[1]
-        if kind_b == "none":
+        kind_b = self._kinds[1]
+        if kind_b[0] == "none":
             return None
-        if kind_b == "lora":
-            u, v = self._lowrank("B", rank_b, w.dtype)
+        if kind_b[0] == "lora":
+            u, v = self._lowrank("B", kind_b, w.dtype)
             if self.conv is None:
                 return F.linear(F.linear(x, v), u)
-            h = F.conv2d(x, v.reshape(rank_b, *w.shape[1:]), None, **self.conv)
+            h = F.conv2d(x, v.reshape(kind_b[1], *w.shape[1:]), None, **self.conv)
             return F.conv2d(h, u[:, :, None, None])
         # x·(b 1ᵀ)ᵀ = rowsum(x) ⊗ b. For a conv, the window sum over all input channels
         # is a one-channel conv of the channel-summed input with a ones kernel.
@@ -239,7 +260,7 @@ class GloraAdapter(nn.Module):
         """
         if choice is not None and not choice_in_space(choice, self.space):
             raise PlanError(f"cannot fold {choice}: outside this layer's space ({self.space})")
-        kinds = self._kinds if choice is None else _compile_choice(choice)
+        kinds = self._kinds if choice is None else _compile_choice(choice, self.geom, self.parametrization)
         with torch.no_grad():
             w64 = weight.detach().to(torch.float64, copy=True)
             b64 = None if bias is None else bias.detach().to(torch.float64, copy=True)
@@ -332,17 +353,19 @@ def build_adapter_for(
     *,
     dtype: torch.dtype = torch.float32,
     generator: Optional[torch.Generator] = None,
+    parametrization: str = "balanced",
 ) -> GloraAdapter:
     """An adapter whose geometry and conv parameters come from ``module`` (same device)."""
     device = module.weight.device
     if isinstance(module, nn.Linear):
         geom = Geometry.linear(module.in_features, module.out_features)
-        return GloraAdapter(space, geom, layer="linear", dtype=dtype, device=device, generator=generator)
+        return GloraAdapter(space, geom, layer="linear", dtype=dtype, device=device, generator=generator,
+                            parametrization=parametrization)
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros":
             raise PlanError(f"{module}: padding_mode={module.padding_mode!r} is not supported (only 'zeros')")
         return GloraAdapter(
             space, _conv_geometry(module), layer="conv2d", conv=_conv_params(module),
-            dtype=dtype, device=device, generator=generator,
+            dtype=dtype, device=device, generator=generator, parametrization=parametrization,
         )
     raise PlanError(f"cannot adapt a {type(module).__name__}: only nn.Linear and nn.Conv2d")

@@ -222,7 +222,7 @@ def fold_sharded(checkpoint_path: PathLike, output_dir: PathLike, *, structure: 
     if out.exists() and out.is_dir() and os.path.samefile(out, src):
         raise FoldError(f"output {out} is the base model directory itself; choose another output path.")
 
-    adapters = _build_adapters(plan, payload["adapters"], ckpt)
+    adapters = _build_adapters(plan, payload["adapters"], ckpt, spec.training.parametrization)
     supernet = Supernet(nn.Module(), None, plan, adapters, spec=spec, model_ref=ref)  # no model: choices only
     if stored is not None:
         try:
@@ -310,16 +310,17 @@ def _parse_meta(meta: dict, path: Path) -> tuple[Spec, Plan, ModelRef, Optional[
                               "problem(s)); it was written by another glorac version or damaged.") from None
 
 
-def _adapter_for(lp: LayerPlan) -> GloraAdapter:
+def _adapter_for(lp: LayerPlan, parametrization: str) -> GloraAdapter:
     site = lp.site
     if site.type == "Linear":
-        return GloraAdapter(lp.space, site.geometry, layer="linear")
+        return GloraAdapter(lp.space, site.geometry, layer="linear", parametrization=parametrization)
     # Stride/padding/dilation do not enter the folded weights; groups do (and the probe).
-    return GloraAdapter(lp.space, site.geometry, layer="conv2d", conv={"groups": site.groups})
+    return GloraAdapter(lp.space, site.geometry, layer="conv2d", conv={"groups": site.groups},
+                        parametrization=parametrization)
 
 
-def _build_adapters(plan: Plan, stored: dict, path: Path) -> dict[str, GloraAdapter]:
-    adapters = {lp.qualname: _adapter_for(lp) for lp in plan.layers}
+def _build_adapters(plan: Plan, stored: dict, path: Path, parametrization: str) -> dict[str, GloraAdapter]:
+    adapters = {lp.qualname: _adapter_for(lp, parametrization) for lp in plan.layers}
     own = {f"{n}.{p}": t for n, a in adapters.items() for p, t in a.named_parameters()}
     _copy_into(own, stored, path, "adapter")
     for a in adapters.values():

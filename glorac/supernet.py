@@ -140,6 +140,7 @@ def compile(spec: SpecLike, model: ModelLike, *, front_end: str = "auto", seed: 
         raise PlanError("the spec adapts no layer of this model (every match was excluded or "
                         "skipped); see `glorac plan` for what matched")
     generator = torch.Generator().manual_seed(spec.training.seed if seed is None else seed)
-    rewritten, adapters = rewrite(model, the_plan, gm, generator=generator, adapter_dtype=adapter_dtype)
+    rewritten, adapters = rewrite(model, the_plan, gm, generator=generator, adapter_dtype=adapter_dtype,
+                                  parametrization=spec.training.parametrization)
     freeze_base(model, the_plan.trained)
     return Supernet(rewritten, model, the_plan, adapters, spec=spec, model_ref=model_ref)

@@ -29,7 +29,7 @@ from .data import Batch, TaskData, check_num_classes
 from .distributed import Dist
 from .errors import GloraError
 from .graph.fold import output_tensor
-from .ir import TrainSettings
+from .ir import LayerChoice, Space, Structure, TrainSettings
 from .sampling import StructureSampler
 
 
@@ -73,17 +73,72 @@ def forward_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     return output_tensor(out)
 
 
+def fixed_spaces(supernet, structure: Structure) -> dict[str, Space]:
+    """One-kind spaces that admit only ``structure`` (in the supernet's layer order)."""
+    return {name: Space(**{t: (k,) for t, k in structure.layers[name].items()}) for name in supernet.adapters}
+
+
+def _used_names(choice: LayerChoice) -> set[str]:
+    """Adapter parameters ``choice`` reads (the sharing rule of glorac.kinds)."""
+    names: set[str] = set()
+    for tensor, kind in choice.items():
+        if kind.kind == "none":
+            continue
+        if tensor in ("D", "E"):
+            names.add(tensor)
+        else:
+            names.update({f"{tensor}_out", f"{tensor}_in"} if kind.kind == "lora" else {f"{tensor}_out"})
+    return names
+
+
+def structure_parameters(supernet, structure: Structure) -> list[nn.Parameter]:
+    """The adapter tensors ``structure`` uses plus the `train` modules' parameters.
+
+    Tensors left out are kept out of the optimiser altogether, so that neither AdamW's
+    update nor its decoupled weight decay can touch them.
+    """
+    used = [p for name, adapter in supernet.adapters.items()
+            for pname, p in adapter.named_parameters() if pname in _used_names(structure.layers[name])]
+    seen = {id(p) for p in used}
+    return used + [p for p in supernet.trained_parameters() if p.requires_grad and id(p) not in seen]
+
+
+def adapters_at_fresh_init(supernet) -> bool:
+    """True while every out-side factor and D, E are zero (nothing trained them yet)."""
+    return all(not p.any() for adapter in supernet.adapters.values()
+               for name, p in adapter.named_parameters() if not name.endswith("_in"))
+
+
+def redraw_in_factors(supernet, seed: int) -> None:
+    """Draw the in-side factors from ``seed``, in compile's order (same seed, same init)."""
+    generator = torch.Generator().manual_seed(seed)
+    for adapter in supernet.adapters.values():
+        adapter.reset_in_factors(generator)
+
+
 class Trainer:
     def __init__(self, supernet, data: TaskData, settings: TrainSettings, dist: Dist, output: Path,
-                 *, amp: Optional[bool] = None, log_every: int = 10, progress: bool = True):
+                 *, amp: Optional[bool] = None, log_every: int = 10, progress: bool = True,
+                 structure: Optional[Structure] = None):
+        """``structure`` given: fine-tune that one structure (selected, so checkpoints keep it)
+        instead of training the supernet; only the tensors it uses and the head learn."""
         self.supernet, self.data, self.settings, self.dist = supernet, data, settings, dist
         self.output = Path(output)
         self.metrics_path = self.output.with_name(self.output.name.rsplit(".", 1)[0] + ".metrics.jsonl")
         self.amp = dist.device.type == "cuda" if amp is None else amp
         self.log_every, self.progress = log_every, progress
         self.dataset = data.splits["train"]
-        self.sampler = StructureSampler(supernet.choices(), seed=settings.seed)
-        self.params = list(supernet.trainable_parameters())
+        self.structure = structure
+        if structure is None:
+            self.sampler = StructureSampler(supernet.choices(), seed=settings.seed, rule=settings.sampling,
+                                            geoms={n: a.geom for n, a in supernet.adapters.items()})
+            self.params = list(supernet.trainable_parameters())
+        else:
+            supernet.select(structure)  # validates it against every layer's space
+            # One-kind spaces make the sampler `fixed` and the uniform rule gives one
+            # structure per step: the spec's sampling rule is for supernets, not for this.
+            self.sampler = StructureSampler(fixed_spaces(supernet, structure), seed=settings.seed)
+            self.params = structure_parameters(supernet, structure)
         head = {id(p) for p in supernet.trained_parameters()}
         groups = [{"params": [p for p in self.params if id(p) not in head], "lr_scale": 1.0},
                   {"params": [p for p in self.params if id(p) in head],
@@ -172,6 +227,10 @@ class Trainer:
             # Dropout and other random layers draw from the global RNG: seed it so a run is
             # reproducible (a resumed run restores the saved state instead).
             torch.manual_seed(s.seed)
+            if self.structure is None and adapters_at_fresh_init(self.supernet):
+                # Compile drew the in-side factors from the spec's seed; re-drawing them from
+                # the run's makes --seed vary the init too (the model is still the base one).
+                redraw_in_factors(self.supernet, s.seed)
         self.supernet.train()
         freeze_norm_statistics(self.supernet.model)
         if self.sampler.fixed:
@@ -199,25 +258,32 @@ class Trainer:
     def _step(self, indices: torch.Tensor, bar) -> None:
         start = time.perf_counter()
         step = self.state.step
-        if not self.sampler.fixed:
-            self.supernet.set_choice(self.sampler(step))
         mine = indices[self.dist.rank::self.dist.world]
         batch = self.data.collate([self.dataset[int(i)] for i in mine]).to(self.dist.device)
         lr = self._lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = forward_logits(self.model, batch)
-        if step == self.start_step:
-            check_num_classes(self.data, logits.shape[-1])
-        loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
-        # Scaled so that DDP's gradient average over ranks equals the global batch mean.
-        (loss_sum * self.dist.world / len(indices)).backward()
-        total = loss_sum.detach().clone()
+        structures = self.sampler.step_structures(step)
+        loss_sums = []
+        for structure in structures:
+            if not self.sampler.fixed:
+                self.supernet.set_choice(structure)
+            with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = forward_logits(self.model, batch)
+            if step == self.start_step:
+                check_num_classes(self.data, logits.shape[-1])
+            loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+            # Scaled so that DDP's gradient average over ranks equals the global batch mean.
+            (loss_sum * self.dist.world / len(indices)).backward()
+            loss_sums.append(loss_sum)
+        # The logged loss is the drawn structure's (the first); the sandwich's extremes
+        # add gradient, not a different objective to report.
+        total = loss_sums[0].detach().clone()
         if self.dist.active:
             torch.distributed.all_reduce(total)
         mean_loss = (total / len(indices)).item()
-        if not math.isfinite(mean_loss):
+        extremes_finite = len(loss_sums) == 1 or bool(torch.isfinite(torch.stack(loss_sums[1:])).all())
+        if not (math.isfinite(mean_loss) and extremes_finite):
             raise TrainingStopped(
                 f"the loss became {mean_loss} at step {step} (epoch {step // self.steps_per_epoch + 1}); "
                 f"training stopped and {self.output} keeps the last good epoch. Lower the learning rate "

@@ -1,4 +1,4 @@
-"""The run-time pipeline stages as plain functions: train, search, evaluate.
+"""The run-time pipeline stages as plain functions: train, search, fine-tune, evaluate.
 
 The CLI commands are thin shells over these; each works on one process or, under
 ``torchrun``, on every rank (rank 0 alone writes files).
@@ -58,6 +58,9 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
                               "to start over.")
     supernet = load(source, device=str(dist.device))
     meta = supernet.checkpoint_meta
+    if resume and "finetune" in meta.get("extra", {}):
+        raise CheckpointError(f"--resume: {out} was written by `glorac finetune`, which trains one structure; "
+                              "rerun that command with --force instead.")
     stored = meta.get("extra", {}).get("train")
     settings = supernet.spec.training
     if resume and stored:
@@ -72,6 +75,65 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
             raise CheckpointError(f"{out} was written by a run with {stored['world']} process(es); resume it "
                                   f"with the same number (now {dist.world}).")
         trainer.restore(stored, supernet.checkpoint_extra_tensors)
+    state = trainer.fit()
+    return supernet, state, out
+
+
+def default_finetune_output(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name.rsplit(".", 1)[0] + ".finetuned.pt")
+
+
+def _check_finetune_output(checkpoint: Path, out: Path, force: bool) -> None:
+    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
+        raise CheckpointError(f"output {out} is the input checkpoint itself; choose another -o path.")
+    if out.exists() and not force:
+        raise CheckpointError(f"{out} already exists; pass --force to overwrite it.")
+
+
+def _finetune_structure(supernet, checkpoint: str, structure: Optional[str]) -> Structure:
+    """The structure to fine-tune: the file given, else the one the checkpoint has selected."""
+    from .export import read_structure
+
+    if structure is not None:
+        return read_structure(structure)
+    if supernet.structure is None:
+        raise GloraError(
+            f"{checkpoint} has no selected structure to fine-tune: it is a supernet (from `glorac compile` "
+            "or `glorac train`). Run `glorac search` on it first and fine-tune the checkpoint that writes "
+            "(-o SEARCHED.pt), or pass --structure FILE (the JSON of `glorac search --structure`).")
+    return supernet.structure
+
+
+def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str] = None,
+                        structure: Optional[str] = None, overrides: Optional[dict] = None, force: bool = False,
+                        dist: Dist = Dist(), data_options: Optional[dict] = None, progress: bool = True):
+    """Fine-tune one structure of the checkpoint on the train split (not part of the GLoRA paper).
+
+    The structure is ``structure`` (a JSON file) or the one ``glorac search`` selected. Only
+    the adapter tensors it uses and the spec's ``train`` modules learn, with the spec's
+    training settings updated by ``overrides``. The output keeps the structure selected, so
+    fold and eval take it as it is. Returns (supernet, TrainState, output path).
+    """
+    from .train import Trainer
+
+    out = Path(output) if output else default_finetune_output(Path(checkpoint))
+    _check_finetune_output(Path(checkpoint), out, force)
+    supernet = load(checkpoint, device=str(dist.device))
+    chosen = _finetune_structure(supernet, checkpoint, structure)
+    settings = supernet.spec.training.model_copy(
+        update={k: v for k, v in (overrides or {}).items() if v is not None})
+    extra = dict(supernet.checkpoint_meta.get("extra", {}))
+    # The trainer records its own progress under "train"; keep the supernet run's record.
+    supernet_train = extra.pop("train", None)
+    extra["finetune"] = {"from": str(checkpoint), "structure": structure or "selected in the checkpoint",
+                         "data": data_source, "supernet_train": supernet_train}
+    supernet.checkpoint_extra = extra
+    data = data_for(supernet, data_source, **(data_options or {}))
+    require_split(data, "train")
+    try:
+        trainer = Trainer(supernet, data, settings, dist, out, progress=progress, structure=chosen)
+    except GloraError as exc:  # the structure does not fit this supernet's spaces
+        raise GloraError(f"{structure or checkpoint}: {exc}") from None
     state = trainer.fit()
     return supernet, state, out
 

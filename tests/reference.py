@@ -19,10 +19,23 @@ from torch import nn
 from glorac.ir import LayerChoice, Structure
 
 
-def _dense_ab(params: dict, t: str, kind, out: int, fan_in: int) -> torch.Tensor:
+def scale_of(tensor: str, kind, fan_in: int, parametrization: str) -> float:
+    """The documented constants (docs/parametrization.md), written out again here."""
+    if parametrization == "paper":
+        return 1.0
+    if (tensor, kind.kind) == ("A", "lora"):
+        return (fan_in / kind.rank) ** 0.5
+    if tensor == "B" and kind.kind in ("vector", "scalar"):
+        return fan_in ** -0.5
+    if (tensor, kind.kind) == ("C", "lora"):
+        return 1.0 / kind.rank
+    return 1.0
+
+
+def _dense_ab(params: dict, t: str, kind, out: int, fan_in: int, parametrization: str) -> torch.Tensor:
     if kind.kind == "none":
         return torch.zeros(out, fan_in, dtype=torch.float64)
-    u = params[f"{t}_out"].double()
+    u = params[f"{t}_out"].double() * scale_of(t, kind, fan_in, parametrization)
     if kind.kind == "lora":
         return u[:, : kind.rank] @ params[f"{t}_in"].double()[: kind.rank, :]
     if kind.kind == "vector":
@@ -30,10 +43,10 @@ def _dense_ab(params: dict, t: str, kind, out: int, fan_in: int) -> torch.Tensor
     return u[0, 0].expand(out, fan_in)  # scalar
 
 
-def _dense_c(params: dict, kind, c_len: int) -> torch.Tensor:
+def _dense_c(params: dict, kind, c_len: int, parametrization: str) -> torch.Tensor:
     if kind.kind == "none":
         return torch.zeros(c_len, dtype=torch.float64)
-    u = params["C_out"].double()
+    u = params["C_out"].double() * scale_of("C", kind, c_len, parametrization)
     if kind.kind == "lora":
         return (u[:, : kind.rank] @ params["C_in"].double()[: kind.rank, :])[:, 0]
     return u[:, 0]
@@ -47,18 +60,21 @@ def _dense_de(params: dict, t: str, kind, out: int) -> torch.Tensor:
 
 
 def reference_weight_bias(params: dict[str, torch.Tensor], choice: LayerChoice,
-                          weight: torch.Tensor, bias: Optional[torch.Tensor]):
-    """(W', b') in float64 from the formula; b' is None when nothing creates a bias."""
+                          weight: torch.Tensor, bias: Optional[torch.Tensor], parametrization: str = "balanced"):
+    """(W', b') in float64 from the formula; b' is None when nothing creates a bias.
+
+    ``parametrization`` must be the adapter's (glorac's default is ``balanced``).
+    """
     w0 = weight.detach().double()
     out = w0.shape[0]
     w2 = w0.reshape(out, -1)
     fan_in = w2.shape[1]
     c_len = w0.shape[1]  # Linear: in; Conv2d: in/groups (C scales channels, summed over the window)
-    a = _dense_ab(params, "A", choice.A, out, fan_in)
-    b = _dense_ab(params, "B", choice.B, out, fan_in)
+    a = _dense_ab(params, "A", choice.A, out, fan_in, parametrization)
+    b = _dense_ab(params, "B", choice.B, out, fan_in, parametrization)
     w_new = (w2 + w2 * a + b).reshape(w0.shape)
     w_sum = w0 if w0.dim() == 2 else w0.sum(dim=(2, 3))
-    c = _dense_c(params, choice.C, c_len)
+    c = _dense_c(params, choice.C, c_len, parametrization)
     d = _dense_de(params, "D", choice.D, out)
     e = _dense_de(params, "E", choice.E, out)
     b0 = torch.zeros(out, dtype=torch.float64) if bias is None else bias.detach().double()
@@ -90,7 +106,8 @@ def reference_model(base: nn.Module, supernet, structure: Structure) -> nn.Modul
     for name, adapter in supernet.adapters.items():
         owner = model.get_submodule(name)
         params = dict(adapter.named_parameters())
-        w, b = reference_weight_bias(params, structure.layers[name], owner.weight, owner.bias)
+        w, b = reference_weight_bias(params, structure.layers[name], owner.weight, owner.bias,
+                                     adapter.parametrization)
         dtype = owner.weight.dtype
         owner.weight = nn.Parameter(w.to(dtype), requires_grad=False)
         if b is not None:

@@ -27,7 +27,7 @@ from glorac.errors import FoldError, GloraError, PlanError
 from glorac.graph import fold as fold_module
 from glorac.graph.fold import TOLERANCE, fold_with_report, folded_layer
 from glorac.ir import TENSORS, Kind, LayerChoice, Structure
-from tests.reference import perturb, random_structure, reference_weight_bias, rel_err
+from tests.reference import perturb, random_structure, reference_weight_bias, rel_err, scale_of
 from tests.zoo import zoo_entry
 
 
@@ -233,7 +233,8 @@ def test_fold_never_divides_a_minus_one():
     folded = glorac.fold(supernet, Structure(layers={"0": choice}))
     w = folded[0].weight.detach()
     assert torch.isfinite(w).all() and torch.isfinite(folded[0].bias).all()
-    torch.testing.assert_close(w, adapter.B_out[:, :1].detach().expand_as(w), rtol=0, atol=1e-7)
+    b_vector = adapter.B_out[:, :1].detach() * scale_of("B", K("vector"), 8, adapter.parametrization)
+    torch.testing.assert_close(w, b_vector.expand_as(w), rtol=0, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- the zoo, end to end

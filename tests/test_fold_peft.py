@@ -17,6 +17,7 @@ Known PEFT behaviour, asserted here as documentation and NOT followed by glorac:
 
 * on a bias-free layer PEFT silently drops C, D and E (glorac's ``bias add`` emits the
   bias they create; ``bias preserve`` removes them from the space, visibly);
+* the tensors are compared under ``parametrization = paper`` (PEFT has no constants);
 * PEFT's unmerge divides by (1 + A): at A = −1 it returns NaN/±inf weights. glorac's fold is
   one-way and never divides.
 """
@@ -50,8 +51,11 @@ from peft.tuners.glora.layer import (  # noqa: E402
 
 RANK = 4
 ADAPTED = ("fc1", "fc2", "fc3")
+# PEFT stores A..E unscaled: the authors' (paper) parametrization, glorac's `balanced`
+# constants would make the same tensors mean different things.
 SPEC = PAPER_SPACE + """
 adapt "fc1", "fc2", "fc3" with paper(r=4)
+training { parametrization = paper }
 """
 # peft's names → glorac's kinds
 AB = {"lora": f"lora({RANK})", "vector": "vector", "constant": "scalar", "none": "none"}
@@ -186,7 +190,7 @@ def test_peft_drops_c_d_e_on_bias_free_layers():
     # The weights agree; the whole difference is glorac's new bias W0·C + E.
     assert _max_abs(ours.weight, theirs.weight) < 5e-6
     params = dict(supernet.adapters["fc2"].named_parameters())
-    _, want_bias = reference_weight_bias(params, structure.layers["fc2"], base.fc2.weight, None)
+    _, want_bias = reference_weight_bias(params, structure.layers["fc2"], base.fc2.weight, None, "paper")
     assert _max_abs(ours.bias, want_bias) < 5e-6
     assert want_bias.abs().max() > 1e-2, "C and E must matter for this to show anything"
     h = F.gelu(base.fc1(x)).detach()  # any input to fc2

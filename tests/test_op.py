@@ -23,6 +23,7 @@ from glorac.errors import PlanError
 from glorac.ir import TENSORS, Kind, LayerChoice, Space
 from glorac.kinds import Geometry, storage_shapes
 from glorac.op import GloraAdapter, GloraConv2d, GloraLinear, build_adapter_for
+from tests.reference import scale_of
 
 K = Kind.parse
 NONE, VEC, SCA = K("none"), K("vector"), K("scalar")
@@ -90,6 +91,9 @@ def reference(adapter, choice, x, weight, bias):
     """Dense float64 W', b' and y straight from the formula (autograd flows to params)."""
     out, fan_in, c_len = adapter.geom.out, adapter.geom.fan_in, adapter.geom.c_len
     p = {n: v.double() for n, v in adapter.named_parameters()}
+    for t in ("A", "B", "C"):  # the parametrization's constants scale the out-side factor
+        if f"{t}_out" in p:
+            p[f"{t}_out"] = p[f"{t}_out"] * scale_of(t, choice.tensor(t), fan_in, adapter.parametrization)
     w0 = weight.double()
     w_mat = w0.reshape(out, fan_in)
     w_eff = w_mat + w_mat * _ab(p, "A", choice.A, out, fan_in) + _ab(p, "B", choice.B, out, fan_in)

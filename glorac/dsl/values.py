@@ -113,6 +113,15 @@ def _choice(*options: str) -> Reader:
     return read
 
 
+def _flag() -> Reader:
+    def read(text: str, what: str):
+        if text in ("true", "false"):
+            return text == "true", None
+        return None, (f"{what} must be true or false, not `{text}`", did_you_mean(text, ("true", "false"), "allowed"))
+
+    return read
+
+
 SEARCH_SETTINGS: dict[str, tuple[str, Reader]] = {
     "population": ("number", _int(2)),
     "generations": ("number", _int(1)),
@@ -121,6 +130,7 @@ SEARCH_SETTINGS: dict[str, tuple[str, Reader]] = {
     "crossovers": ("number", _int(0)),
     "mutation_prob": ("number", _float(0.0, maximum=1.0)),
     "seed": ("number", _int(0)),
+    "fill": ("name", _flag()),
 }
 
 TRAINING_SETTINGS: dict[str, tuple[str, Reader]] = {
@@ -134,6 +144,8 @@ TRAINING_SETTINGS: dict[str, tuple[str, Reader]] = {
     "grad_clip": ("number", _float(0.0, strict=True)),
     "head_lr": ("number", _float(0.0, strict=True)),
     "seed": ("number", _int(0)),
+    "parametrization": ("name", _choice("balanced", "paper")),
+    "sampling": ("name", _choice("uniform", "sandwich")),
 }
 
 SETTINGS = {"search": SEARCH_SETTINGS, "training": TRAINING_SETTINGS}

@@ -31,6 +31,7 @@ def rewrite(
     *,
     generator: Optional[torch.Generator] = None,
     adapter_dtype: torch.dtype = torch.float32,
+    parametrization: str = "balanced",
 ) -> tuple[nn.Module, dict[str, GloraAdapter]]:
     """Returns the rewritten module and the adapters by qualified name (plan order)."""
     target = gm if plan.front_end == "fx" else clone_structure(model)
@@ -41,11 +42,12 @@ def rewrite(
         if lp.site.functional:
             weight = model.get_parameter(f"{lp.qualname}.weight")
             adapter = GloraAdapter(lp.space, lp.site.geometry, layer="linear", dtype=adapter_dtype,
-                                   device=weight.device, generator=generator)
+                                   device=weight.device, generator=generator, parametrization=parametrization)
             _reroute_functional(target, lp.qualname, adapter)
         else:
             base = model.get_submodule(lp.qualname)
-            adapter = build_adapter_for(base, lp.space, dtype=adapter_dtype, generator=generator)
+            adapter = build_adapter_for(base, lp.space, dtype=adapter_dtype, generator=generator,
+                                        parametrization=parametrization)
             wrapper = GloraLinear(base, adapter) if isinstance(base, nn.Linear) else GloraConv2d(base, adapter)
             set_submodule(target, lp.qualname, wrapper)
         adapters[lp.qualname] = adapter

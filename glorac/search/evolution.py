@@ -28,8 +28,20 @@ fits (checked up front). Weighting by excess cost spends the cuts where the para
 are, so cheap choices (scalars, vectors) survive. Mutation children are repaired only in
 the slots the mutation re-drew (their parent fits, so setting those slots to their
 cheapest kind always fits): the child stays a child of its parent. Crossover children
-may touch any slot. Repaired structures tend to use the budget fully, which is where
-the accurate structures usually are.
+may touch any slot.
+
+Budget fill (``settings.fill``, default on). A repaired random draw spends about half of a
+tight budget, so "the same budget as LoRA" would not buy the same capacity. With fill,
+a structure that fits is then *grown*: pick a random slot (uniformly) that has a strictly
+richer kind whose upgrade still fits, upgrade it to a random such kind, repeat until no
+upgrade fits. Every step raises the count and stays within the budget, so this ends, and
+ends with less room left than the cheapest upgrade anywhere (with scalars in the space,
+within a parameter or two of the budget). Like repair it is confined to the slots a child
+is allowed to change: all free slots for the initial population, the re-drawn slots for a
+mutation child, the slots where the two parents differ for a crossover child (what both
+parents agree on is inherited). ``fill = false`` skips the step and consumes no random
+numbers: the paper's procedure, the same structures for the same seed as before fill
+existed. Without a budget there is nothing to fill.
 """
 
 from __future__ import annotations
@@ -105,10 +117,13 @@ class _Codec:
     free: tuple[int, ...]  # slots with more than one kind: the only ones that vary
     extra: int
     min_cost: tuple[int, ...] = ()
+    # step_up[i][g]: cost of slot i's cheapest strictly richer kind minus kind g's (None: g is the richest)
+    step_up: tuple[tuple[Optional[int], ...], ...] = ()
     _choices: dict = field(default_factory=dict, compare=False, repr=False)  # (layer, genes) → LayerChoice
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min_cost", tuple(min(c) for c in self.costs))
+        object.__setattr__(self, "step_up", tuple(tuple(_step_up(c, own) for own in c) for c in self.costs))
 
     @classmethod
     def build(cls, spaces: Mapping[str, Space], geoms: Mapping[str, Geometry], extra: int) -> "_Codec":
@@ -188,6 +203,40 @@ class _Codec:
                 excess.pop()
         return genome
 
+    def grow(self, genome: list[int], budget: Optional[int], rng: random.Random,
+             slots: Sequence[int]) -> list[int]:
+        """Upgrade random ``slots`` to random richer kinds while an upgrade still fits ``budget``.
+
+        ``genome`` must fit already. The room left only shrinks, so a slot whose cheapest
+        upgrade no longer fits never will again (unless it is itself upgraded): such slots
+        are dropped when picked, which keeps each step O(kinds) and the pick uniform over
+        the slots that can still grow.
+        """
+        if budget is None:
+            return genome
+        room = budget - self.params(genome)
+        open_ = [i for i in slots if self._fits_up(i, genome[i], room)]
+        while open_:
+            j = rng.randrange(len(open_))
+            i = open_[j]
+            if not self._fits_up(i, genome[i], room):
+                open_[j] = open_[-1]
+                open_.pop()
+                continue
+            cost = self.costs[i][genome[i]]
+            genome[i] = rng.choice([k for k, c in enumerate(self.costs[i]) if cost < c <= cost + room])
+            room -= self.costs[i][genome[i]] - cost
+        return genome
+
+    def _fits_up(self, slot: int, gene: int, room: int) -> bool:
+        step = self.step_up[slot][gene]
+        return step is not None and step <= room
+
+
+def _step_up(costs: Sequence[int], own: int) -> Optional[int]:
+    richer = [c - own for c in costs if c > own]
+    return min(richer) if richer else None
+
 
 # ---------------------------------------------------------------------- the search
 class _State:
@@ -217,8 +266,9 @@ class _State:
                                             fitness=value, generation=generation))
 
 
-def _initial_population(codec: _Codec, budget: Optional[int], n: int, rng: random.Random) -> tuple[list[Genome], bool]:
-    """``n`` distinct random structures within budget; True when that is the whole space."""
+def _initial_population(codec: _Codec, budget: Optional[int], n: int, rng: random.Random,
+                        fill: bool) -> tuple[list[Genome], bool]:
+    """``n`` distinct random structures within budget (grown to it with ``fill``); True when that is the whole space."""
     if codec.size() <= n:  # tiny space: take all of it, in random order
         genomes = []
         for values in itertools.product(*(range(len(codec.kinds[i])) for i in codec.free)):
@@ -233,27 +283,37 @@ def _initial_population(codec: _Codec, budget: Optional[int], n: int, rng: rando
     for _ in range(n * MAX_TRIES_PER_CHILD):
         if len(found) == n:
             break
-        genome = tuple(codec.repair(codec.random(rng), budget, rng, codec.free))
-        found.setdefault(genome, None)
+        genome = codec.repair(codec.random(rng), budget, rng, codec.free)
+        if fill:
+            codec.grow(genome, budget, rng, codec.free)
+        found.setdefault(tuple(genome), None)
     return list(found), False
 
 
-def _mutate(codec: _Codec, parent: Genome, prob: float, budget: Optional[int], rng: random.Random) -> Genome:
+def _mutate(codec: _Codec, parent: Genome, prob: float, budget: Optional[int], rng: random.Random,
+            fill: bool) -> Genome:
     child, redrawn = list(parent), []
     for i in codec.free:
         if rng.random() < prob:
             child[i] = rng.randrange(len(codec.kinds[i]))
             redrawn.append(i)
     # The parent fits, so its re-drawn slots at their cheapest always fit too.
-    return tuple(codec.repair(child, budget, rng, redrawn))
+    codec.repair(child, budget, rng, redrawn)
+    if fill:
+        codec.grow(child, budget, rng, redrawn)
+    return tuple(child)
 
 
-def _crossover(codec: _Codec, a: Genome, b: Genome, budget: Optional[int], rng: random.Random) -> Genome:
+def _crossover(codec: _Codec, a: Genome, b: Genome, budget: Optional[int], rng: random.Random,
+               fill: bool) -> Genome:
     child = list(a)
     for i in codec.free:
         if rng.random() >= 0.5:
             child[i] = b[i]
-    return tuple(codec.repair(child, budget, rng, codec.free))
+    codec.repair(child, budget, rng, codec.free)
+    if fill:  # grow only where the parents disagree: what both chose is inherited
+        codec.grow(child, budget, rng, [i for i in codec.free if a[i] != b[i]])
+    return tuple(child)
 
 
 def _children(codec: _Codec, parents: list[Genome], settings: SearchSettings, budget: Optional[int],
@@ -270,9 +330,11 @@ def _children(codec: _Codec, parents: list[Genome], settings: SearchSettings, bu
             if child not in seen:
                 out.setdefault(child, None)
 
-    breed(settings.mutations, lambda: _mutate(codec, rng.choice(parents), settings.mutation_prob, budget, rng))
+    fill = settings.fill
+    breed(settings.mutations,
+          lambda: _mutate(codec, rng.choice(parents), settings.mutation_prob, budget, rng, fill))
     if len(parents) >= 2:
-        breed(settings.crossovers, lambda: _crossover(codec, *rng.sample(parents, 2), budget, rng))
+        breed(settings.crossovers, lambda: _crossover(codec, *rng.sample(parents, 2), budget, rng, fill))
     return list(out)
 
 
@@ -304,7 +366,7 @@ def evolve(
     rng = random.Random(settings.seed)
     state = _State(codec, evaluate)
 
-    population, exhausted = _initial_population(codec, budget, settings.population, rng)
+    population, exhausted = _initial_population(codec, budget, settings.population, rng, settings.fill)
     state.run(population, 0)
     population.sort(key=state.rank_key)
     if on_generation:
