@@ -307,7 +307,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=112)
-    ap.add_argument("--sampling", default="uniform", choices=("uniform", "sandwich"))
+    ap.add_argument("--sampling", default="sandwich", choices=("uniform", "sandwich"))
     ap.add_argument("--parametrization", default="balanced", choices=("balanced", "paper"))
     ap.add_argument("--population", type=int, default=50)
     ap.add_argument("--generations", type=int, default=20)

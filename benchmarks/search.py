@@ -1,32 +1,41 @@
 """Candidate evaluation speed of the search: FoldedEvaluator vs the unfolded supernet.
 
     python benchmarks/search.py [--model vit_small_patch16_224] [--images N] [--batch 64]
-                                [--candidates N] [--device cpu|cuda] [--threads N]
+                                [--candidates N] [--sequence random|search]
+                                [--device cpu|cuda] [--threads N]
     python benchmarks/search.py --quick       # 64 images, 3 candidates, 1 CPU thread
 
 The supernet is a timm model (random weights) compiled with the paper space at rank 8
 on blocks.*.attn.qkv, attn.proj, mlp.fc1, mlp.fc2 (48 layers on a 12-block ViT), with
 non-zero adapter values (a trained supernet, not a fresh one). The candidates are
-random structures (StructureSampler, seeded); the validation set is random images
+random structures (StructureSampler, seeded; ``--sequence random``) or, with
+``--sequence search``, the children a real search evaluates, in its order (glorac.search
+.evolve with the paper's settings, a budget of 40% of the largest structure and a fixed
+pseudo-random fitness): children of shared parents, so consecutive candidates share
+layers. The validation set is random images
 preprocessed once into batches (glorac.data.Batch), labelled by default with the base
 model's own predictions so that accuracies differ between candidates (``--labels
 random`` for random labels).
 
 Every candidate is evaluated twice, alternating which runs first:
 
-  folded    glorac.evaluate.FoldedEvaluator: fold the candidate into a scratch copy of
-            the base model (once per candidate), then plain forwards;
+  folded    glorac.evaluate.FoldedEvaluator: fold the layers whose choice changed since
+            the previous candidate into a scratch copy of the base model, then plain
+            forwards (under torch.inference_mode);
   unfolded  glorac.evaluate.supernet_accuracy: set_choice on the supernet, then its
             forwards (the adapted layers do the GLoRA op on every batch).
 
 Prints candidates/s of both, their ratio, the plain base-model time over the same
 batches (the floor the folded evaluator approaches), and checks that both give the
 same correct-count for every candidate (and loss within 1e-4 relative): they must.
+Last, the fold alone (no forwards) per candidate: every layer re-folded vs only the
+layers that changed since the previous candidate (what FoldedEvaluator does).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
 import sys
@@ -40,7 +49,10 @@ from common import pick_device
 from glorac.data import Batch
 from glorac.dsl.library import PAPER_SPACE
 from glorac.evaluate import FoldedEvaluator, accuracy, supernet_accuracy
+from glorac.ir import SearchSettings, Structure
+from glorac.kinds import max_choice
 from glorac.sampling import StructureSampler
+from glorac.search import evolve, structure_params
 
 SPEC = PAPER_SPACE + """
 adapt "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2" with paper
@@ -57,6 +69,49 @@ def trained_like(supernet, seed: int = 0, scale: float = 1e-3) -> None:
                 p.copy_((torch.randn(p.shape, generator=g) * scale).to(p.device, p.dtype))
 
 
+def search_sequence(supernet, n: int, seed: int) -> list:
+    """The first ``n`` children a paper-settings search evaluates (budget: 40% of the largest structure)."""
+    spaces = supernet.choices()
+    geoms = {name: a.geom for name, a in supernet.adapters.items()}
+    largest = structure_params(Structure(layers={k: max_choice(sp, geoms[k]) for k, sp in spaces.items()}),
+                               geoms)
+
+    def fitness(structures):  # fixed and pseudo-random: no model needed to pick the parents
+        return [int(hashlib.sha256(s.model_dump_json().encode()).hexdigest()[:8], 16) / 2**32 for s in structures]
+
+    settings = SearchSettings(seed=seed)
+    result = evolve(spaces, geoms, budget=int(0.4 * largest), settings=settings, evaluate=fitness)
+    children = [c.structure for c in result.evaluated if c.generation > 0]
+    return children[:n]
+
+
+def changed_layers(a, b) -> int:
+    return sum(a.layers[n] != b.layers[n] for n in b.layers)
+
+
+def fold_only(supernet, candidates: list, device: torch.device) -> None:
+    """Time the fold alone: every layer per candidate vs the changed layers only."""
+    folder = FoldedEvaluator(supernet, [])  # no batches: a call is the fold
+    if not hasattr(folder, "forget"):  # an evaluator that always folds every layer
+        return
+    times = {"every layer": [], "changed layers": []}
+    for which, runs in times.items():
+        folder.forget()
+        for s in candidates:
+            if which == "every layer":
+                folder.forget()
+            _sync(device)
+            t0 = time.perf_counter()
+            folder(s)
+            _sync(device)
+            runs.append(time.perf_counter() - t0)
+    layers = [changed_layers(a, b) for a, b in zip(candidates, candidates[1:])]
+    full, part = (statistics.median(times[k][1:]) * 1e3 for k in times)
+    print(f"fold only (no forwards): every layer {full:.0f} ms/candidate, changed layers only "
+          f"{part:.0f} ms/candidate; {statistics.mean(layers):.1f} of {len(supernet.adapters)} layers "
+          f"differ from the previous candidate on average")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -70,6 +125,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--candidates", type=int, default=None, help="random structures (default 4 CPU, 20 CUDA)")
     ap.add_argument("--labels", choices=("base", "random"), default="base")
+    ap.add_argument("--sequence", choices=("random", "search"), default="random",
+                    help="independent random structures, or the children of a real search in its order")
     ap.add_argument("--adapter-scale", type=float, default=1e-3,
                     help="std of the random adapter values (larger: candidates drift further from "
                          "the base model's predictions)")
@@ -122,9 +179,12 @@ def main() -> None:
         for b in batches:
             b.labels.copy_(torch.randint(0, args.num_classes, b.labels.shape, generator=g).to(device))
 
-    sampler = StructureSampler(supernet.choices(), seed=args.seed)
-    candidates = [sampler(i) for i in range(args.candidates + 1)]  # the first one warms up
-    print(f"{args.candidates} random candidates (+1 warm-up), {args.images} images in batches of "
+    if args.sequence == "search":
+        candidates = search_sequence(supernet, args.candidates + 1, args.seed)  # the first one warms up
+    else:
+        sampler = StructureSampler(supernet.choices(), seed=args.seed)
+        candidates = [sampler(i) for i in range(args.candidates + 1)]
+    print(f"{args.candidates} {args.sequence} candidates (+1 warm-up), {args.images} images in batches of "
           f"{args.batch}, labels: {args.labels}; FoldedEvaluator setup (one deepcopy) {setup * 1e3:.0f} ms\n")
 
     folded_t, unfolded_t, base_t, mismatches, max_dloss = [], [], [], 0, 0.0
@@ -173,6 +233,7 @@ def main() -> None:
           f"~{(statistics.median(folded_t) - statistics.median(base_t)) * 1e3:.0f} ms")
     print(f"identical accuracies: {n - mismatches}/{n} candidates "
           f"({'OK' if mismatches == 0 else 'MISMATCH'}), max |loss difference| {max_dloss:.2e}")
+    fold_only(supernet, candidates, device)
     if mismatches:
         sys.exit(1)
 

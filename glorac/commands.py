@@ -78,6 +78,9 @@ def register(sub) -> None:
     for flag, typ in (("population", int), ("generations", int), ("parents", int), ("mutations", int),
                       ("crossovers", int), ("mutation-prob", float), ("seed", int)):
         p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's search setting")
+    p.add_argument("--no-fill", dest="fill", action="store_const", const=False, default=None,
+                   help="do not grow structures up to the budget (the paper's procedure; spec: fill = false)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", help="top-1 accuracy of a supernet structure or a folded model")
@@ -175,12 +178,14 @@ def cmd_search(args) -> int:
             args.checkpoint, args.data, output=args.output, budget=args.budget, structure_out=args.structure,
             plot=args.plot, force=args.force, dist=d, batch_size=args.batch_size,
             overrides=_settings(args, ("population", "generations", "parents", "mutations", "crossovers",
-                                       "mutation_prob", "seed")),
-            data_options=_data_options(args))
+                                       "mutation_prob", "seed", "fill")),
+            data_options=_data_options(args), progress=args.progress)
         if d.main:
             from .report import print_search
+            from .search.evolution import describe_best
 
             print_search(result)
+            print(describe_best(result))
             print(f"wrote {args.output}" + (f", {args.structure}" if args.structure else "")
                   + (f", {args.plot}" if args.plot else ""))
     finally:

@@ -23,31 +23,35 @@ DEMO_SPEC = """\
 model "glorac.demo:efficientnet_lite0_imagenet"
 
 """ + PAPER_SPACE + """
-adapt "blocks.**", "conv_head" type Conv1x1 with paper(r=4)
+adapt "blocks.**", "conv_head" type Conv1x1 with SPACE
 
 train "classifier"
 
-budget 120K
+# LoRA r=8's adapter parameters on the same layers: the comparison is at equal budget.
+budget BUDGET
 
 training {
     epochs = EPOCHS
-    lr = 3e-4
+    lr = 3e-3
     head_lr = 3e-3
     weight_decay = 1e-4
     batch_size = 32
-    warmup_epochs = WARMUP
+    warmup_epochs = 1
     schedule = cosine
 }
 
 search {
-    population = 12
+    population = POPULATION
     generations = GENERATIONS
-    parents = 4
-    mutations = 6
-    crossovers = 6
+    parents = 5
+    mutations = 10
+    crossovers = 10
     mutation_prob = 0.2
 }
 """
+
+#: LoRA r=8 written as a GLoRA structure (A none, B lora(8)): the baseline row.
+LORA8 = "{ B: lora(8) }"
 
 
 def efficientnet_lite0_imagenet(num_classes: int | None = None) -> nn.Module:
@@ -103,63 +107,97 @@ def _head_only_baseline(model: nn.Module, data, settings, batches_eval) -> dict:
     return accuracy(model, batches_eval)
 
 
-def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int = 2, generations: int = 1,
-             image_size: int = 48, train_size: int = 1000, quick: bool = False) -> list[dict]:
+def _spec(space: str, budget: int, epochs: int, generations: int, population: int) -> str:
+    return (DEMO_SPEC.replace("SPACE", space).replace("BUDGET", str(budget)).replace("EPOCHS", str(epochs))
+            .replace("GENERATIONS", str(generations)).replace("POPULATION", str(population)))
+
+
+def _lora8_budget(model: nn.Module) -> int:
+    """LoRA r=8's adapter parameters on the demo's layers: r·(in + out) per layer."""
+    from .dsl import load_spec
+    from .graph.plan import plan
+
+    layers = plan(load_spec(_spec(LORA8, 1, 2, 1, 10)), model).layers
+    return sum(8 * (lp.site.geometry.fan_in + lp.site.geometry.out) for lp in layers)
+
+
+def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int = 3, generations: int = 5,
+             population: int = 20, image_size: int = 64, train_size: int = 1000, quick: bool = False) -> list[dict]:
     """Run the pipeline; returns the rows of the final table.
 
-    The head is trained alone first (the baseline row); the supernet then starts from
-    that head (linear probing, then GLoRA fine-tuning), so at initialisation it computes
-    exactly the baseline model and its row shows what the adapters add.
+    Rows, all on the same data, schedule and epochs: the classifier head trained alone;
+    LoRA r=8 (glorac's A none / B lora(8) structure) on the same layers; GLoRA searched
+    under LoRA r=8's parameter count, folded as it comes out of the supernet; and the same
+    structure after the optional ``finetune`` stage. Every GLoRA row is the folded model
+    (the stock EfficientNet-Lite0 architecture) evaluated on the test split.
     """
     from .checkpoint import save
     from .data import load_data
     from .dsl import load_spec
     from .evaluate import cached_batches
-    from .export import fold_checkpoint
     from .models import resolve_model
     from .supernet import compile as compile_supernet
-    from .workflow import evaluate_path, search_checkpoint, train_checkpoint
 
     if quick:
-        epochs, generations, train_size, image_size = 1, 1, 200, 32
+        epochs, generations, population, train_size, image_size = 2, 2, 10, 400, 48
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not force:
             raise GloraError(f"{out} already holds files; pass --force to replace them or --out another directory.")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec_text = (DEMO_SPEC.replace("EPOCHS", str(epochs)).replace("GENERATIONS", str(generations))
-                 .replace("WARMUP", str(min(1, epochs - 1))))
-    (out / "demo.glora").write_text(spec_text)
-    spec = load_spec(out / "demo.glora")
-    limits = {"train": train_size, "val": 200 if not quick else 100, "test": 500 if not quick else 100}
+    limits = {"train": train_size, "val": 200 if not quick else 100, "test": 1000 if not quick else 200}
     data_options = {"image_size": image_size, "limit": limits}
     rows, t0 = [], time.perf_counter()
 
-    model, ref = resolve_model(spec.model, num_classes=10)
+    model, ref = resolve_model("glorac.demo:efficientnet_lite0_imagenet", num_classes=10)
+    budget = _lora8_budget(model)
     data = load_data("builtin:mnist5k", model=model, **data_options)
     test_batches = cached_batches(data, "test", 128, torch.device("cpu"))
+    settings = load_spec(_spec(LORA8, budget, epochs, generations, population)).training
     start = time.perf_counter()
-    baseline = _head_only_baseline(model, data, spec.training, test_batches)
+    baseline = _head_only_baseline(model, data, settings, test_batches)
     head_params = sum(p.numel() for p in model.classifier.parameters())
     rows.append({"method": "head only", "test_accuracy": baseline["accuracy"], "adapter_params": 0,
                  "trainable_params": head_params, "seconds": time.perf_counter() - start})
 
+    for name, space in (("lora8", LORA8), ("glora", "paper(r=8)")):
+        text = _spec(space, budget, epochs, generations, population)
+        (out / f"{name}.glora").write_text(text)
+        fresh, _ = resolve_model(ref.name, num_classes=10)
+        supernet = compile_supernet(load_spec(out / f"{name}.glora"), fresh)
+        supernet.model_ref = ref
+        save(supernet, out / f"{name}.pt")
+        rows += _train_and_fold(out, name, supernet.plan.supernet_params, data_options)
+    rows.append({"method": "total", "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def _train_and_fold(out: Path, name: str, trainable: int, data_options: dict) -> list[dict]:
+    """train → (search → fold, finetune →) fold → eval of one compiled checkpoint."""
+    from .export import fold_checkpoint
+    from .workflow import evaluate_path, finetune_checkpoint, search_checkpoint, train_checkpoint
+
+    def folded_row(method: str, checkpoint: Path, params: int, seconds: float) -> dict:
+        folded = fold_checkpoint(str(checkpoint), str(checkpoint.with_suffix(".safetensors")))
+        test = evaluate_path(str(checkpoint.with_suffix(".safetensors")), "builtin:mnist5k",
+                             data_options=data_options)
+        return {"method": method, "test_accuracy": test["accuracy"], "adapter_params": params,
+                "trainable_params": trainable, "seconds": seconds, "fold_rel_error": folded.report.rel_error}
+
     start = time.perf_counter()
-    supernet = compile_supernet(spec, model)  # the base model with its trained head
-    supernet.model_ref = ref
-    save(supernet, out / "supernet.pt")
-    _, state, trained = train_checkpoint(str(out / "supernet.pt"), "builtin:mnist5k", output=str(out / "trained.pt"),
-                                         data_options=data_options)
+    supernet, _, trained = train_checkpoint(str(out / f"{name}.pt"), "builtin:mnist5k",
+                                            output=str(out / f"{name}.trained.pt"), data_options=data_options)
+    if name == "lora8":
+        return [folded_row("LoRA r=8 (A none, B lora(8))", trained, supernet.structure_params(),
+                           time.perf_counter() - start)]
     _, result = search_checkpoint(str(trained), "builtin:mnist5k", output=str(out / "searched.pt"),
                                   structure_out=str(out / "structure.json"), plot=str(out / "search.png"),
                                   data_options=data_options)
-    folded = fold_checkpoint(str(out / "searched.pt"), str(out / "folded.safetensors"))
-    test = evaluate_path(str(out / "folded.safetensors"), "builtin:mnist5k", data_options=data_options)
-    adapted = evaluate_path(str(out / "searched.pt"), "builtin:mnist5k", data_options=data_options)
-    rows.append({"method": "head, then GLoRA (searched, folded)", "test_accuracy": test["accuracy"],
-                 "adapter_params": result.best.params, "trainable_params": supernet.plan.supernet_params,
-                 "seconds": time.perf_counter() - start, "supernet_test_accuracy": adapted["accuracy"],
-                 "fold_rel_error": folded.report.rel_error})
-    rows.append({"method": "total", "seconds": time.perf_counter() - t0})
-    return rows
+    searched = folded_row("GLoRA searched at LoRA's budget", out / "searched.pt", result.best.params,
+                          time.perf_counter() - start)
+    finetune_checkpoint(str(out / "searched.pt"), "builtin:mnist5k", output=str(out / "finetuned.pt"),
+                        data_options=data_options)
+    tuned = folded_row("GLoRA searched, then finetune", out / "finetuned.pt", result.best.params,
+                       time.perf_counter() - start)
+    return [searched, tuned]

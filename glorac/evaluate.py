@@ -70,9 +70,12 @@ class FoldedEvaluator:
     differs from what the scratch model already holds are re-folded (always from the
     supernet's untouched base weights, so the result does not depend on the order of
     candidates); then plain forwards at base-model speed, under ``torch.inference_mode``.
-    Children of one parent share most layers, so a candidate usually costs a fraction of
-    a full fold. The record of what was written assumes the supernet's adapter values
-    do not change while the evaluator is in use: call :meth:`forget` after they do.
+    Candidates that share layers with the previous one (a structure scored again, a
+    child evaluated after its parent) skip those folds; consecutive children of different
+    parents share few layers, so in a search's own order the saving is small, and the
+    forwards dominate anyway (benchmarks/search.py prints both). The record of what was
+    written assumes the supernet's adapter values do not change while the evaluator is in
+    use: call :meth:`forget` after they do.
 
     ``forward(model, batch) -> logits`` turns a batch into class scores; the default,
     :func:`glorac.train.forward_logits`, calls the model on the batch's inputs. A user who
@@ -118,3 +121,47 @@ def supernet_accuracy(supernet, batches: list[Batch], structure: Optional[Struct
     if structure is not None:
         supernet.set_choice(structure)
     return accuracy(supernet, batches, forward=forward)
+
+
+class SearchProgress:
+    """A rich progress bar for the search: one tick per candidate, with the generation, the
+    best fitness so far and candidates/s. Every method is a no-op when disabled (other
+    ranks, ``--no-progress``), so the caller never branches on it.
+
+    ``total`` is an upper bound (population plus every generation's children): a search
+    that runs out of new structures ends early, and the bar is then closed at what was done.
+    """
+
+    def __init__(self, enabled: bool, total: int, generations: int):
+        self.enabled, self.total, self.generations = enabled, total, generations
+        self.done, self.generation, self.best = 0, -1, float("-inf")
+
+    def __enter__(self) -> "SearchProgress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+            self.task = self.bar.add_task("search", total=self.total, info="")
+            self.bar.__enter__()
+        return self
+
+    def next_generation(self) -> None:
+        self.generation += 1
+
+    def advance(self, fitness: float, count: int = 1) -> None:
+        """``count`` more candidates evaluated, the best of them scoring ``fitness``."""
+        self.done += count
+        self.best = max(self.best, fitness)
+        if self.enabled:
+            elapsed = self.bar.tasks[0].elapsed or 0.0
+            rate = f"{self.done / elapsed:.2f}" if elapsed > 0 else "-"
+            self.bar.update(self.task, completed=self.done, info=f"gen {self.generation}/{self.generations}  "
+                                                                 f"best {self.best:.4f}  {rate} cand/s")
+
+    def __exit__(self, *exc) -> bool:
+        if self.enabled:
+            if exc[0] is None:
+                self.bar.update(self.task, total=self.done)  # ended early: show it complete
+            self.bar.__exit__(*exc)
+        return False

@@ -195,8 +195,9 @@ class TrainSettings(_Frozen):
     # How stored adapter values map to A..E (glorac.kinds.kind_scale): fixed at compile
     # time, stored with the spec, folded exactly. `paper` is the authors' code.
     parametrization: Literal["balanced", "paper"] = "balanced"
-    # Structures trained per step (glorac.sampling): `uniform` is the paper's one draw.
-    sampling: Literal["uniform", "sandwich"] = "uniform"
+    # Structures trained per step (glorac.sampling): `uniform` is the paper's one draw;
+    # `sandwich` (the default, chosen by benchmarks/accuracy.py) adds the largest and smallest.
+    sampling: Literal["uniform", "sandwich"] = "sandwich"
 
 
 class Spec(_Frozen):

@@ -152,9 +152,10 @@ def parse_budget(text: Optional[str]) -> Optional[int]:
 def search_checkpoint(checkpoint: str, data_source: str, *, output: str, budget: Optional[str] = None,
                       overrides: Optional[dict] = None, structure_out: Optional[str] = None,
                       plot: Optional[str] = None, force: bool = False, dist: Dist = Dist(),
-                      batch_size: int = 64, data_options: Optional[dict] = None):
+                      batch_size: int = 64, data_options: Optional[dict] = None, progress: bool = True):
     """Evolutionary search on the val split; writes a checkpoint with the chosen structure."""
     from .checkpoint import save
+    from .evaluate import SearchProgress
     from .search import evolve
     from .search.evolution import SearchError
 
@@ -170,18 +171,30 @@ def search_checkpoint(checkpoint: str, data_source: str, *, output: str, budget:
     settings = supernet.spec.search.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
     batches = cached_batches(data, "val", batch_size, dist.device)
     evaluator = FoldedEvaluator(supernet, batches)
+    most = settings.population + settings.generations * (settings.mutations + settings.crossovers)
+    bar = SearchProgress(progress and dist.main, most, settings.generations)
 
     def evaluate(structures: list[Structure]) -> list[float]:
-        mine = {i: evaluator(s)["accuracy"] for i, s in enumerate(structures) if i % dist.world == dist.rank}
+        # evolve() calls this once per generation; the bar ticks per candidate.
+        bar.next_generation()
+        mine: dict[int, float] = {}
+        for i, s in enumerate(structures):
+            if i % dist.world == dist.rank:
+                mine[i] = evaluator(s)["accuracy"]
+                bar.advance(mine[i])
         merged: dict[int, float] = {}
         for part in all_gather_objects(dist, mine):
             merged.update(part)
+        others = [v for i, v in merged.items() if i not in mine]
+        if others:  # the other ranks' share of this generation
+            bar.advance(max(others), count=len(others))
         return [merged[i] for i in range(len(structures))]
 
     geoms = {n: a.geom for n, a in supernet.adapters.items()}
     try:
-        result = evolve(supernet.choices(), geoms, budget=cap, settings=settings, evaluate=evaluate,
-                        extra_params=supernet.plan.trained_params if include else 0)
+        with bar:
+            result = evolve(supernet.choices(), geoms, budget=cap, settings=settings, evaluate=evaluate,
+                            extra_params=supernet.plan.trained_params if include else 0)
     except SearchError as exc:
         raise GloraError(f"{checkpoint}: {exc}") from None
     supernet.select(result.best.structure)
