@@ -29,7 +29,8 @@ from .data import Batch, TaskData, check_num_classes
 from .distributed import Dist
 from .errors import GloraError
 from .graph.fold import output_tensor
-from .ir import LayerChoice, Space, Structure, TrainSettings
+from .ir import Space, Structure, TrainSettings
+from .kinds import storage_shapes
 from .sampling import StructureSampler
 
 
@@ -78,27 +79,16 @@ def fixed_spaces(supernet, structure: Structure) -> dict[str, Space]:
     return {name: Space(**{t: (k,) for t, k in structure.layers[name].items()}) for name in supernet.adapters}
 
 
-def _used_names(choice: LayerChoice) -> set[str]:
-    """Adapter parameters ``choice`` reads (the sharing rule of glorac.kinds)."""
-    names: set[str] = set()
-    for tensor, kind in choice.items():
-        if kind.kind == "none":
-            continue
-        if tensor in ("D", "E"):
-            names.add(tensor)
-        else:
-            names.update({f"{tensor}_out", f"{tensor}_in"} if kind.kind == "lora" else {f"{tensor}_out"})
-    return names
-
-
 def structure_parameters(supernet, structure: Structure) -> list[nn.Parameter]:
     """The adapter tensors ``structure`` uses plus the `train` modules' parameters.
 
     Tensors left out are kept out of the optimiser altogether, so that neither AdamW's
     update nor its decoupled weight decay can touch them.
     """
+    # What one structure reads is exactly the storage of its one-kind space (glorac.kinds).
+    spaces = fixed_spaces(supernet, structure)
     used = [p for name, adapter in supernet.adapters.items()
-            for pname, p in adapter.named_parameters() if pname in _used_names(structure.layers[name])]
+            for pname, p in adapter.named_parameters() if pname in storage_shapes(spaces[name], adapter.geom)]
     seen = {id(p) for p in used}
     return used + [p for p in supernet.trained_parameters() if p.requires_grad and id(p) not in seen]
 
