@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -102,7 +102,7 @@ training {{
     sampling = {args.sampling}  parametrization = {args.parametrization}
 }}
 search {{ population = {args.population}  generations = {args.generations}  parents = {args.parents}
-          mutations = {args.children}  crossovers = {args.children}  seed = {seed} }}
+          mutations = {args.children}  crossovers = {args.children}  seed = {seed}  fill = {str(args.fill).lower()} }}
 """
 
 
@@ -186,7 +186,6 @@ def run_glorac(task: Task, space: str, lr: float, seed: int, args, splits: Split
     trained_sn, state, trained = train_checkpoint(str(path), task.data, force=True, data_options=task.data_options,
                                                   progress=False)
     train_time = time.perf_counter() - start
-    losses = [r["loss"] for r in state.history if "loss" in r]
     epoch_loss = _epoch_losses(state.history)
     if not budgets:  # a fixed structure
         return {"fixed": splits.score(trained_sn, adapter_params=trained_sn.structure_params(), seconds=train_time,
@@ -196,7 +195,7 @@ def run_glorac(task: Task, space: str, lr: float, seed: int, args, splits: Split
         start = time.perf_counter()
         out = work / f"{path.stem}-{label}.pt"
         sn, result = search_checkpoint(str(trained), task.data, output=str(out), budget=str(budget), force=True,
-                                       data_options=task.data_options, **_quiet(search_checkpoint))
+                                       data_options=task.data_options, progress=False)
         seconds = train_time + time.perf_counter() - start
         rows[label] = splits.score(sn, adapter_params=result.best.params, seconds=seconds, budget=budget,
                                    search_val=result.best.fitness, epoch_loss=epoch_loss,
@@ -209,14 +208,7 @@ def run_glorac(task: Task, space: str, lr: float, seed: int, args, splits: Split
                                            data_options=task.data_options, progress=False)
             rows[label + "_ft"] = splits.score(ft, adapter_params=result.best.params, budget=budget,
                                                seconds=seconds + time.perf_counter() - start)
-    del losses
     return rows
-
-
-def _quiet(fn) -> dict:
-    import inspect
-
-    return {"progress": False} if "progress" in inspect.signature(fn).parameters else {}
 
 
 def _epoch_losses(history: list[dict]) -> list[float]:
@@ -314,6 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--parents", type=int, default=10)
     ap.add_argument("--children", type=int, default=25, help="mutations and crossovers per generation")
     ap.add_argument("--no-finetune", dest="finetune", action="store_false")
+    ap.add_argument("--no-fill", dest="fill", action="store_false", help="the paper's search (no budget fill)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="write every run and the summary here")
     ap.add_argument("--quick", action="store_true")

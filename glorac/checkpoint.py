@@ -32,7 +32,10 @@ from .safeio import atomic_write, tensor_digest
 from .supernet import Supernet, _under
 
 FORMAT = "glorac.supernet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 1 predates `parametrization` and `sampling`: its adapter tensors are the
+#: authors' unscaled ones (docs/parametrization.md), so reading one pins those settings.
+_VERSION_1_TRAINING = {"parametrization": "paper", "sampling": "uniform"}
 
 
 def base_digest(model: nn.Module, trained: tuple[str, ...]) -> str:
@@ -101,7 +104,7 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict, dict]:
         raise CheckpointError(
             f"{path} is not a glorac supernet checkpoint (it is a torch file of another kind). "
             "Pass a file written by `glorac compile`, `glorac train` or `glorac search`.")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in (1, FORMAT_VERSION):
         raise CheckpointError(
             f"{path} has checkpoint format version {payload.get('format_version')}, this glorac "
             f"reads version {FORMAT_VERSION}; use the glorac version that wrote it.")
@@ -111,6 +114,10 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict, dict]:
             meta[key]  # noqa: B018 - presence check
         if not isinstance(payload["adapters"], dict) or not isinstance(payload["trained"], dict):
             raise TypeError("tensor tables are not dicts")
+        if payload["format_version"] == 1:
+            training = meta["spec"].setdefault("training", {})
+            for key, value in _VERSION_1_TRAINING.items():
+                training.setdefault(key, value)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} is a damaged glorac checkpoint ({exc}); recreate it.") from None
     return meta, payload

@@ -99,3 +99,25 @@ def test_checkpoint_keeps_the_parametrization(tmp_path):
     assert glorac.compile(spec("balanced"), _net().eval()).spec.training.parametrization == "balanced"
     text = PAPER_SPACE + 'adapt "0" with paper(r=2)\n'
     assert glorac.compile(text, _net().eval()).adapters["0"].parametrization == "balanced"  # the default
+
+
+def test_version_1_checkpoint_reads_as_the_paper_parametrization(tmp_path):
+    """Checkpoints written before the constants existed hold unscaled tensors."""
+    import json
+
+    sn = glorac.compile(PAPER_SPACE + 'adapt "body.1" with paper(r=2)\n', "tests.test_train:digit_net")
+    path = tmp_path / "v1.pt"
+    glorac.save(sn, path)
+    payload = torch.load(path, weights_only=True)
+    meta = json.loads(payload["meta"])
+    for key in ("parametrization", "sampling"):
+        del meta["spec"]["training"][key]
+    payload.update(meta=json.dumps(meta), format_version=1)
+    torch.save(payload, path)
+    old = glorac.load(path)
+    assert old.spec.training.parametrization == "paper" and old.spec.training.sampling == "uniform"
+    assert {a.parametrization for a in old.adapters.values()} == {"paper"}
+    payload["format_version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(glorac.CheckpointError, match="format version 99"):
+        glorac.load(path)

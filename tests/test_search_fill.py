@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import glorac
 from glorac.dsl import analyze
-from glorac.ir import TENSORS, LayerChoice, SearchSettings, Structure
+from glorac.ir import TENSORS, SearchSettings, Structure
 from glorac.kinds import Geometry, param_count
 from glorac.search import evolve
 from glorac.search.evolution import _Codec, _crossover, describe_best
