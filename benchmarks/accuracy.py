@@ -170,7 +170,7 @@ def run_peft(task: Task, rank: int, lr: float, seed: int, args, splits: Splits) 
 
 
 # ------------------------------------------------------------------ glorac rows
-def run_glorac(task: Task, space: str, lr: float, seed: int, args, splits: Splits, work: Path,
+def run_glorac(task: Task, label: str, space: str, lr: float, seed: int, args, splits: Splits, work: Path,
                budgets: dict[str, int]) -> dict[str, dict]:
     """A fixed structure trained; or a supernet trained once, searched per budget (+ fine-tune)."""
     from glorac.models import resolve_model
@@ -180,7 +180,7 @@ def run_glorac(task: Task, space: str, lr: float, seed: int, args, splits: Split
     model, ref = resolve_model(task.model, num_classes=task.num_classes)
     supernet = glorac.compile(spec, model, seed=seed)
     supernet.model_ref = ref
-    path = work / f"{task.name}-{space.split('(')[0].strip('{ ')}-{seed}-{lr:g}.pt"
+    path = work / f"{task.name}-{label}-{seed}-{lr:g}.pt"
     save(supernet, path, force=True)
     start = time.perf_counter()
     trained_sn, state, trained = train_checkpoint(str(path), task.data, force=True, data_options=task.data_options,
@@ -191,13 +191,13 @@ def run_glorac(task: Task, space: str, lr: float, seed: int, args, splits: Split
         return {"fixed": splits.score(trained_sn, adapter_params=trained_sn.structure_params(), seconds=train_time,
                                       epoch_loss=epoch_loss)}
     rows = {}
-    for label, budget in budgets.items():
+    for method, budget in budgets.items():
         start = time.perf_counter()
-        out = work / f"{path.stem}-{label}.pt"
+        out = work / f"{path.stem}-{method}.pt"
         sn, result = search_checkpoint(str(trained), task.data, output=str(out), budget=str(budget), force=True,
                                        data_options=task.data_options, progress=False)
         seconds = train_time + time.perf_counter() - start
-        rows[label] = splits.score(sn, adapter_params=result.best.params, seconds=seconds, budget=budget,
+        rows[method] = splits.score(sn, adapter_params=result.best.params, seconds=seconds, budget=budget,
                                    search_val=result.best.fitness, epoch_loss=epoch_loss,
                                    evaluated=len(result.evaluated))
         if args.finetune:
@@ -206,7 +206,7 @@ def run_glorac(task: Task, space: str, lr: float, seed: int, args, splits: Split
             start = time.perf_counter()
             ft, _, _ = finetune_checkpoint(str(out), task.data, output=str(work / f"{out.stem}.ft.pt"), force=True,
                                            data_options=task.data_options, progress=False)
-            rows[label + "_ft"] = splits.score(ft, adapter_params=result.best.params, budget=budget,
+            rows[method + "_ft"] = splits.score(ft, adapter_params=result.best.params, budget=budget,
                                                seconds=seconds + time.perf_counter() - start)
     return rows
 
@@ -250,12 +250,12 @@ def run_task(task: Task, args, work: Path) -> dict[str, dict[float, list[dict]]]
                 if f"peft_lora{rank}" in wanted and args.peft:
                     rows.update(run_peft(task, rank, lr, seed, args, splits))
             if "glorac_lora8" in wanted:
-                rows["glorac_lora8"] = run_glorac(task, "{ B: lora(8) }", lr, seed, args, splits, work, {})["fixed"]
+                rows["glorac_lora8"] = run_glorac(task, "glorac_lora8", "{ B: lora(8) }", lr, seed, args, splits, work, {})["fixed"]
             if "glorac_full8" in wanted:
                 space = "{ A: lora(8)  B: lora(8)  C: lora(8)  D: vector  E: vector }"
-                rows["glorac_full8"] = run_glorac(task, space, lr, seed, args, splits, work, {})["fixed"]
+                rows["glorac_full8"] = run_glorac(task, "glorac_full8", space, lr, seed, args, splits, work, {})["fixed"]
             if search:
-                rows.update(run_glorac(task, "paper(r=8)", lr, seed, args, splits, work, search))
+                rows.update(run_glorac(task, "supernet", "paper(r=8)", lr, seed, args, splits, work, search))
             for method, row in rows.items():
                 if method in wanted:
                     results.setdefault(method, {}).setdefault(lr, []).append(row)
