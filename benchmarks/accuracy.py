@@ -47,7 +47,8 @@ from glorac.checkpoint import save
 from glorac.data import load_data
 from glorac.dsl.library import PAPER_SPACE
 from glorac.evaluate import accuracy, cached_batches
-from glorac.train import batch_order, forward_logits, freeze_norm_statistics, lr_factor
+from glorac.ir import TrainSettings
+from glorac.train import train_plain
 
 ALL_METHODS = ("head", "peft_lora8", "peft_lora1", "glorac_lora8", "glorac_full8",
                "search8", "search8_ft", "search1", "search1_ft")
@@ -120,25 +121,13 @@ class Splits:
 
 
 # ------------------------------------------------------------------ the baselines' loop
-def train_plain(model: nn.Module, data, groups: list[tuple[list, float]], args, seed: int) -> float:
-    """The glorac Trainer's protocol for a model that is not a supernet (head, PEFT); seconds."""
+def train_baseline(model: nn.Module, data, groups: list[tuple[list, float]], lr: float, args, seed: int) -> float:
+    """glorac.train.train_plain under the supernet's protocol (lr: the adapters'); seconds."""
+    settings = TrainSettings(epochs=args.epochs, lr=lr, weight_decay=1e-4, batch_size=args.batch_size,
+                             warmup_epochs=1, schedule="cosine", min_lr=1e-8, seed=seed)
     start = time.perf_counter()
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW([{"params": p, "lr": lr, "base": lr} for p, lr in groups if p], weight_decay=1e-4)
-    dataset = data.splits["train"]
-    per_epoch = -(-len(dataset) // args.batch_size)
-    total, step = per_epoch * args.epochs, 0
-    model.train()
-    freeze_norm_statistics(model)
-    for epoch in range(args.epochs):
-        for indices in batch_order(len(dataset), args.batch_size, seed, epoch):
-            batch = data.collate([dataset[int(i)] for i in indices])
-            for g in opt.param_groups:
-                g["lr"] = g["base"] * lr_factor(step, total, per_epoch, "cosine", 1e-8 / g["base"])
-            nn.functional.cross_entropy(forward_logits(model, batch), batch.labels).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
+    train_plain(model, data, groups, settings)
     model.eval()
     return time.perf_counter() - start
 
@@ -147,8 +136,8 @@ def run_head(task: Task, lr: float, seed: int, args, splits: Splits) -> dict:
     model = task.build()
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(task.head + "."))
-    seconds = train_plain(model, splits.data, [([p for p in model.parameters() if p.requires_grad], args.head_lr)],
-                          args, seed)
+    seconds = train_baseline(model, splits.data, [([p for p in model.parameters() if p.requires_grad], args.head_lr)],
+                             args.head_lr, args, seed)
     return {"head": splits.score(model, adapter_params=0, seconds=seconds)}
 
 
@@ -164,7 +153,7 @@ def run_peft(task: Task, rank: int, lr: float, seed: int, args, splits: Splits) 
     named = [(n, p) for n, p in wrapped.named_parameters() if p.requires_grad]
     adapters = [p for n, p in named if "lora_" in n]
     head = [p for n, p in named if "lora_" not in n]
-    seconds = train_plain(wrapped, splits.data, [(adapters, lr), (head, args.head_lr)], args, seed)
+    seconds = train_baseline(wrapped, splits.data, [(adapters, lr), (head, args.head_lr)], lr, args, seed)
     return {f"peft_lora{rank}": splits.score(wrapped, adapter_params=sum(p.numel() for p in adapters),
                                              seconds=seconds)}
 

@@ -84,29 +84,12 @@ def efficientnet_lite0_imagenet(num_classes: int | None = None) -> nn.Module:
 def _head_only_baseline(model: nn.Module, data, settings, batches_eval) -> dict:
     """Train only the classifier (the usual cheap baseline) with the same schedule."""
     from .evaluate import accuracy
-    from .train import batch_order, forward_logits, freeze_norm_statistics, lr_factor
+    from .train import train_plain
 
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("classifier."))
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = settings.head_lr or settings.lr
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
-    dataset = data.splits["train"]
-    steps_per_epoch = -(-len(dataset) // settings.batch_size)
-    total, step = steps_per_epoch * settings.epochs, 0
-    model.train()
-    freeze_norm_statistics(model)
-    for epoch in range(settings.epochs):
-        for indices in batch_order(len(dataset), settings.batch_size, settings.seed, epoch):
-            batch = data.collate([dataset[int(i)] for i in indices])
-            for g in opt.param_groups:
-                g["lr"] = lr * lr_factor(step, total, settings.warmup_epochs * steps_per_epoch,
-                                         settings.schedule, settings.min_lr / settings.lr)
-            loss = nn.functional.cross_entropy(forward_logits(model, batch), batch.labels)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
+    train_plain(model, data, [(params, settings.head_lr or settings.lr)], settings)
     return accuracy(model, batches_eval)
 
 

@@ -106,6 +106,30 @@ def redraw_in_factors(supernet, seed: int) -> None:
         adapter.reset_in_factors(generator)
 
 
+def train_plain(model: nn.Module, data: TaskData, groups: list[tuple[list, float]], settings: TrainSettings) -> None:
+    """The Trainer's protocol (batch order, warm-up + schedule, AdamW) for a model that is
+    not a supernet: the baselines (head only, PEFT). ``groups``: (parameters, lr) pairs;
+    every group follows the schedule with the end ratio ``min_lr / lr``."""
+    opt = torch.optim.AdamW([{"params": ps, "lr": lr, "base": lr} for ps, lr in groups if ps],
+                            weight_decay=settings.weight_decay)
+    dataset = data.splits["train"]
+    steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
+    total, step = steps_per_epoch * settings.epochs, 0
+    model.train()
+    freeze_norm_statistics(model)
+    for epoch in range(settings.epochs):
+        for indices in batch_order(len(dataset), settings.batch_size, settings.seed, epoch):
+            batch = data.collate([dataset[int(i)] for i in indices])
+            factor = lr_factor(step, total, settings.warmup_epochs * steps_per_epoch, settings.schedule,
+                               settings.min_lr / settings.lr)
+            for g in opt.param_groups:
+                g["lr"] = g["base"] * factor
+            F.cross_entropy(forward_logits(model, batch), batch.labels).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+
+
 class Trainer:
     def __init__(self, supernet, data: TaskData, settings: TrainSettings, dist: Dist, output: Path,
                  *, amp: Optional[bool] = None, log_every: int = 10, progress: bool = True,
