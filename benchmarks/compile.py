@@ -28,25 +28,25 @@ train "head"
 
 
 def compile_time(name: str, depth: int, repeats: int) -> float:
-    spec = glorac.load_spec(SPEC)
+    spec = glorac.loads_spec(SPEC)
     times = []
     for _ in range(repeats):
         model = timm.create_model(name, depth=depth).eval()
         start = time.perf_counter()
-        glorac.compile(spec, model)
+        glorac.build_supernet(spec, model)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def forward_ratio(name: str, batch: int, repeats: int, structure: str) -> tuple[float, float]:
     model = timm.create_model(name).eval()
-    supernet = glorac.compile(glorac.load_spec(SPEC), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(SPEC), model)
     if structure == "factored":  # A vector: the common cheap path
         choice = {n: glorac.LayerChoice(A=glorac.Kind(kind="vector"), B=glorac.Kind(kind="lora", rank=8),
                                         C=glorac.Kind(kind="vector"), D=glorac.Kind(kind="vector"),
                                         E=glorac.Kind(kind="vector"))
-                  for n in supernet.choices()}
-        supernet.set_choice(choice)
+                  for n in supernet.spaces()}
+        supernet.activate(choice)
     x = torch.randn(batch, 3, 224, 224)
     base_t, glorac_t = [], []
     with torch.inference_mode():

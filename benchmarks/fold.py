@@ -31,7 +31,7 @@ import torch
 
 import glorac
 from glorac.dsl.library import PAPER_SPACE
-from glorac.graph.fold import fold_with_report
+from glorac.folding.model import fold_with_report
 from glorac.ir import LayerChoice, Structure
 
 SPEC = PAPER_SPACE + """
@@ -53,7 +53,7 @@ def random_structure(supernet, seed: int = 0) -> Structure:
     rng = random.Random(seed)
     return Structure(layers={
         name: LayerChoice(**{t: rng.choice(kinds) for t, kinds in space.items()})
-        for name, space in supernet.choices().items()
+        for name, space in supernet.spaces().items()
     })
 
 
@@ -107,10 +107,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {name}, model {args.model}, batch {args.batch}")
 
     base = timm.create_model(args.model).eval().to(dev)
-    supernet = glorac.compile(glorac.load_spec(SPEC), base)
+    supernet = glorac.build_supernet(glorac.loads_spec(SPEC), base)
     trained_like(supernet, seed=1)
     structure = random_structure(supernet, seed=2)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     print(f"{len(supernet.adapters)} adapted layers, structure uses {supernet.structure_params():,} "
           f"adapter parameters (rank 8 paper space, random structure)")
 

@@ -9,7 +9,7 @@ The supernet is a timm model (random weights) compiled with the paper space at r
 on blocks.*.attn.qkv, attn.proj, mlp.fc1, mlp.fc2 (48 layers on a 12-block ViT), with
 non-zero adapter values (a trained supernet, not a fresh one). The candidates are
 random structures (StructureSampler, seeded; ``--sequence random``) or, with
-``--sequence search``, the children a real search evaluates, in its order (glorac.search
+``--sequence search``, the children a real search evaluates, in its order (glorac.evolution
 .evolve with the paper's settings, a budget of 40% of the largest structure and a fixed
 pseudo-random fitness): children of shared parents, so consecutive candidates share
 layers. The validation set is random images
@@ -19,10 +19,10 @@ random`` for random labels).
 
 Every candidate is evaluated twice, alternating which runs first:
 
-  folded    glorac.evaluate.FoldedEvaluator: fold the layers whose choice changed since
+  folded    glorac.scoring.FoldedEvaluator: fold the layers whose choice changed since
             the previous candidate into a scratch copy of the base model, then plain
             forwards (under torch.inference_mode);
-  unfolded  glorac.evaluate.supernet_accuracy: set_choice on the supernet, then its
+  unfolded  glorac.scoring.supernet_accuracy: activate on the supernet, then its
             forwards (the adapted layers do the GLoRA op on every batch).
 
 Prints candidates/s of both, their ratio, the plain base-model time over the same
@@ -48,11 +48,11 @@ import glorac
 from common import pick_device
 from glorac.data import Batch
 from glorac.dsl.library import PAPER_SPACE
-from glorac.evaluate import FoldedEvaluator, accuracy, supernet_accuracy
+from glorac.scoring import FoldedEvaluator, accuracy, supernet_accuracy
 from glorac.ir import SearchSettings, Structure
 from glorac.kinds import max_choice
 from glorac.sampling import StructureSampler
-from glorac.search import evolve, structure_params
+from glorac.evolution import evolve, structure_params
 
 SPEC = PAPER_SPACE + """
 adapt "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2" with paper
@@ -71,7 +71,7 @@ def trained_like(supernet, seed: int = 0, scale: float = 1e-3) -> None:
 
 def search_sequence(supernet, n: int, seed: int) -> list:
     """The first ``n`` children a paper-settings search evaluates (budget: 40% of the largest structure)."""
-    spaces = supernet.choices()
+    spaces = supernet.spaces()
     geoms = {name: a.geom for name, a in supernet.adapters.items()}
     largest = structure_params(Structure(layers={k: max_choice(sp, geoms[k]) for k, sp in spaces.items()}),
                                geoms)
@@ -153,7 +153,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = timm.create_model(args.model, num_classes=args.num_classes).to(device).eval()
     t0 = time.perf_counter()
-    supernet = glorac.compile(glorac.load_spec(SPEC), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(SPEC), model)
     print(f"{args.model}: {len(supernet.adapters)} adapted layers, compile {time.perf_counter() - t0:.1f}s")
     trained_like(supernet, args.seed, args.adapter_scale)
     supernet.to(device).eval()
@@ -182,7 +182,7 @@ def main() -> None:
     if args.sequence == "search":
         candidates = search_sequence(supernet, args.candidates + 1, args.seed)  # the first one warms up
     else:
-        sampler = StructureSampler(supernet.choices(), seed=args.seed)
+        sampler = StructureSampler(supernet.spaces(), seed=args.seed)
         candidates = [sampler(i) for i in range(args.candidates + 1)]
     print(f"{args.candidates} {args.sequence} candidates (+1 warm-up), {args.images} images in batches of "
           f"{args.batch}, labels: {args.labels}; FoldedEvaluator setup (one deepcopy) {setup * 1e3:.0f} ms\n")

@@ -28,13 +28,13 @@ def best(text: str, repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        glorac.load_spec(text)
+        glorac.loads_spec(text)
         times.append(time.perf_counter() - start)
     return min(times)
 
 
 def main() -> None:
-    glorac.load_spec(rules(20))  # build the grammar once
+    glorac.loads_spec(rules(20))  # build the grammar once
     for name, make in (("rules", rules), ("one long statement", long_statement)):
         small, large = best(make(1000)), best(make(5000))
         print(f"{name:20s} 1000: {small * 1e3:7.1f} ms   5000: {large * 1e3:7.1f} ms   "

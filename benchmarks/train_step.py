@@ -133,7 +133,7 @@ def _only(model: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
 
 
 def _glorac(spec: str, model: nn.Module) -> glorac.Supernet:
-    return glorac.compile(glorac.load_spec(spec), model)
+    return glorac.build_supernet(glorac.loads_spec(spec), model)
 
 
 def _peft_available() -> tuple[bool, bool]:
@@ -174,10 +174,10 @@ def build_variant(key: str, base: nn.Module) -> Variant:
         return Variant(key, supernet, list(supernet.trainable_parameters()))
     if key == "supernet":
         supernet = _glorac(SPEC_PAPER, model)
-        sampler = StructureSampler(supernet.choices(), seed=0)
+        sampler = StructureSampler(supernet.spaces(), seed=0)
 
         def before(step: int) -> None:
-            supernet.set_choice(sampler(step))
+            supernet.activate(sampler(step))
 
         return Variant(key, supernet, list(supernet.trainable_parameters()), before_step=before)
     if key == "peft_lora":

@@ -1,13 +1,13 @@
 """glorac: a compiler for GLoRA (Generalized LoRA) adapters.
 
-Pipeline (each stage a public function): ``load_spec`` → ``plan`` → ``compile`` →
-train/search → ``fold``. The spec stages never import torch, so ``glorac check`` stays fast;
+Pipeline (each stage a public function): ``load_spec`` → ``plan`` → ``build_supernet``
+→ ``train`` → ``search`` → ``fold`` (→ ``evaluate``). The spec stages never import torch, so ``glorac check`` stays fast;
 the torch-side API is imported on first use.
 """
 
 from __future__ import annotations
 
-from .dsl import load_spec
+from .dsl import load_spec, loads_spec
 from .errors import (
     CheckpointError,
     DataError,
@@ -18,21 +18,27 @@ from .errors import (
     PlanError,
     SpecError,
 )
-from .ir import Kind, LayerChoice, Space, Spec
-
-__version__ = "0.1.0"
+from .ir import Kind, LayerChoice, Space, Spec, Structure
+from .version import __version__
 
 _LAZY = {
-    "plan": "glorac.graph.plan",
-    "compile": "glorac.supernet",
+    "plan": "glorac.graph.planner",
+    "build_supernet": "glorac.supernet",
+    "compile": "glorac.supernet",  # deprecated name of build_supernet
     "Supernet": "glorac.supernet",
+    "StructureSampler": "glorac.sampling",
+    "train": "glorac.stages",
+    "search": "glorac.stages",
+    "evaluate": "glorac.stages",
     "save": "glorac.checkpoint",
     "load": "glorac.checkpoint",
-    "fold": "glorac.graph.fold",
+    "fold": "glorac.folding.model",
+    "fold_state": "glorac.folding.core",
 }
 
 __all__ = [
     "load_spec",
+    "loads_spec",
     "GloraError",
     "SpecError",
     "CheckpointError",
@@ -45,6 +51,8 @@ __all__ = [
     "LayerChoice",
     "Space",
     "Spec",
+    "Structure",
+    "__version__",
     *_LAZY,
 ]
 

@@ -5,14 +5,20 @@ torch is imported inside each command, so `glorac check` and `glorac fmt` stay f
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from pathlib import Path
 
 from .errors import ModelError
+from .ir import SearchSettings, TrainSettings
+from .overrides import add_setting_flags, setting_overrides
 
 
-#: Training settings `glorac finetune` overrides (flag, type); the spec's are for the supernet.
-_FINETUNE_FLAGS = (("epochs", int), ("lr", float), ("batch-size", int), ("warmup-epochs", int),
-                   ("weight-decay", float), ("seed", int))
+#: Training settings a flag may override: all but the parametrization (fixed when the
+#: adapters were built); fine-tuning one structure has no sampling rule either.
+TRAIN_FLAGS = tuple(n for n in TrainSettings.model_fields if n != "parametrization")
+FINETUNE_FLAGS = tuple(n for n in TRAIN_FLAGS if n != "sampling")
 
 
 def register(sub) -> None:
@@ -35,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="supernet checkpoint (.pt)")
     p.add_argument("-o", "--output", required=True,
                    help="output .safetensors file (a directory for Hugging Face models)")
-    p.add_argument("--choice", default=None, help="structure JSON (from `glorac search`)")
+    _structure_arg(p, "structure JSON to fold (default: the one the checkpoint has selected)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the numeric check of folded vs adapted outputs")
@@ -48,9 +54,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="checkpoint to write (default: SUPERNET.trained.pt)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
     p.add_argument("--force", action="store_true", help="overwrite an existing output and start over")
-    for flag, typ in (("epochs", int), ("lr", float), ("weight-decay", float), ("batch-size", int),
-                      ("warmup-epochs", int), ("grad-clip", float), ("seed", int)):
-        p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's training setting")
+    add_setting_flags(p, TrainSettings, TRAIN_FLAGS)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -61,8 +65,7 @@ def register(sub) -> None:
     p.add_argument("--structure", default=None,
                    help="structure JSON to fine-tune (default: the one the checkpoint has selected)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    for flag, typ in _FINETUNE_FLAGS:
-        p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's training setting")
+    add_setting_flags(p, TrainSettings, FINETUNE_FLAGS)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
 
@@ -75,11 +78,7 @@ def register(sub) -> None:
     p.add_argument("--plot", default=None, help="PNG: accuracy vs parameters, and the chosen structure")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
-    for flag, typ in (("population", int), ("generations", int), ("parents", int), ("mutations", int),
-                      ("crossovers", int), ("mutation-prob", float), ("seed", int)):
-        p.add_argument(f"--{flag}", type=typ, default=None, help="override the spec's search setting")
-    p.add_argument("--no-fill", dest="fill", action="store_const", const=False, default=None,
-                   help="do not grow structures up to the budget (the paper's procedure; spec: fill = false)")
+    add_setting_flags(p, SearchSettings)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_search)
 
@@ -87,7 +86,7 @@ def register(sub) -> None:
     p.add_argument("path", metavar="CHECKPOINT_OR_FOLDED")
     _data_args(p)
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
-    p.add_argument("--choice", default=None, help="structure JSON for a supernet checkpoint")
+    _structure_arg(p, "structure JSON for a supernet checkpoint (default: its selected one)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
@@ -108,6 +107,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _structure_arg(p, help_text: str) -> None:
+    p.add_argument("--structure", default=None, metavar="FILE", help=help_text)
+    # The old spelling, kept for one release (a structure is what the file holds).
+    p.add_argument("--choice", dest="old_choice", default=None, help=argparse.SUPPRESS)
+
+
+def _structure_file(args):
+    if args.old_choice is None:
+        return args.structure
+    print("glorac: --choice is deprecated and will be removed in the next release; use --structure",
+          file=sys.stderr)
+    return args.structure or args.old_choice
+
+
 def _data_args(p) -> None:
     p.add_argument("--data", required=True, help="DIR (class folders or VTAB lists), FILE.jsonl/csv, "
                                                   "or builtin:mnist5k|digits|chatterbot")
@@ -122,10 +135,6 @@ def _data_options(args) -> dict:
     return {"image_size": args.image_size, "tokenizer_source": args.tokenizer, "on_corrupt": args.on_corrupt}
 
 
-def _settings(args, names) -> dict:
-    return {n: getattr(args, n) for n in names}
-
-
 def cmd_train(args) -> int:
     from .distributed import setup, teardown
     from .workflow import train_checkpoint
@@ -134,8 +143,7 @@ def cmd_train(args) -> int:
     try:
         _, state, out = train_checkpoint(
             args.checkpoint, args.data, output=args.output, resume=args.resume, force=args.force, dist=d,
-            overrides=_settings(args, ("epochs", "lr", "weight_decay", "batch_size", "warmup_epochs",
-                                       "grad_clip", "seed")),
+            overrides=setting_overrides(args, TrainSettings, TRAIN_FLAGS),
             data_options=_data_options(args), progress=args.progress)
         if d.main:
             print(f"wrote {out} after {state.epochs_done} epoch(s), {state.step} steps")
@@ -155,7 +163,7 @@ def cmd_finetune(args) -> int:
         start = time.perf_counter()
         supernet, state, out = finetune_checkpoint(
             args.checkpoint, args.data, output=args.output, structure=args.structure, force=args.force,
-            dist=d, overrides=_settings(args, [f.replace("-", "_") for f, _ in _FINETUNE_FLAGS]),
+            dist=d, overrides=setting_overrides(args, TrainSettings, FINETUNE_FLAGS),
             data_options=_data_options(args), progress=args.progress)
         seconds = time.perf_counter() - start
         if d.main:
@@ -177,12 +185,11 @@ def cmd_search(args) -> int:
         supernet, result = search_checkpoint(
             args.checkpoint, args.data, output=args.output, budget=args.budget, structure_out=args.structure,
             plot=args.plot, force=args.force, dist=d, batch_size=args.batch_size,
-            overrides=_settings(args, ("population", "generations", "parents", "mutations", "crossovers",
-                                       "mutation_prob", "seed", "fill")),
+            overrides=setting_overrides(args, SearchSettings),
             data_options=_data_options(args), progress=args.progress)
         if d.main:
             from .report import print_search
-            from .search.evolution import describe_best
+            from .evolution import describe_best
 
             print_search(result)
             print(describe_best(result))
@@ -197,7 +204,7 @@ def cmd_eval(args) -> int:
     from .workflow import evaluate_path
 
     device = args.device or "cpu"
-    result = evaluate_path(args.path, args.data, split=args.split, choice=args.choice,
+    result = evaluate_path(args.path, args.data, split=args.split, structure=_structure_file(args),
                            batch_size=args.batch_size, device=device, data_options=_data_options(args))
     if args.json:
         print(json.dumps(result))
@@ -220,7 +227,7 @@ def _load(args, device: str = "cpu"):
     from .dsl import load_spec
     from .models import resolve_model
 
-    spec = load_spec(args.spec)
+    spec = load_spec(Path(args.spec))
     name = args.model or spec.model
     if not name:
         raise ModelError(f"{args.spec} has no `model` line and no --model was given; "
@@ -231,7 +238,7 @@ def _load(args, device: str = "cpu"):
 
 
 def cmd_plan(args) -> int:
-    from .graph.plan import plan
+    from .graph.planner import plan
 
     spec, model, ref = _load(args, device=args.device)
     result = plan(spec, model)
@@ -246,10 +253,10 @@ def cmd_plan(args) -> int:
 
 def cmd_compile(args) -> int:
     from .checkpoint import save
-    from .supernet import compile as compile_supernet
+    from .supernet import build_supernet
 
     spec, model, ref = _load(args)
-    supernet = compile_supernet(spec, model, seed=args.seed)
+    supernet = build_supernet(spec, model, seed=args.seed)
     supernet.model_ref = ref
     path = save(supernet, args.output, force=args.force)
     p = supernet.plan
@@ -259,10 +266,10 @@ def cmd_compile(args) -> int:
 
 
 def cmd_fold(args) -> int:
-    from .export import check_fold_output, fold_checkpoint
+    from .folding.export import check_fold_output, fold_checkpoint
 
     check_fold_output(args.checkpoint, args.output, force=args.force)
-    result = fold_checkpoint(args.checkpoint, args.output, choice=args.choice, force=args.force,
+    result = fold_checkpoint(args.checkpoint, args.output, structure=_structure_file(args), force=args.force,
                              verify=args.verify)
     from .report import print_fold_report
 

@@ -83,8 +83,8 @@ def efficientnet_lite0_imagenet(num_classes: int | None = None) -> nn.Module:
 
 def _head_only_baseline(model: nn.Module, data, settings, batches_eval) -> dict:
     """Train only the classifier (the usual cheap baseline) with the same schedule."""
-    from .evaluate import accuracy
-    from .train import train_plain
+    from .scoring import accuracy
+    from .trainer import train_plain
 
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("classifier."))
@@ -100,10 +100,10 @@ def _spec(space: str, budget: int, epochs: int, generations: int, population: in
 
 def _lora8_budget(model: nn.Module) -> int:
     """LoRA r=8's adapter parameters on the demo's layers: r·(in + out) per layer."""
-    from .dsl import load_spec
-    from .graph.plan import plan
+    from .dsl import loads_spec
+    from .graph.planner import plan
 
-    layers = plan(load_spec(_spec(LORA8, 1, 2, 1, 10)), model).layers
+    layers = plan(loads_spec(_spec(LORA8, 1, 2, 1, 10)), model).layers
     return sum(8 * (lp.site.geometry.fan_in + lp.site.geometry.out) for lp in layers)
 
 
@@ -119,10 +119,10 @@ def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int =
     """
     from .checkpoint import save
     from .data import load_data
-    from .dsl import load_spec
-    from .evaluate import cached_batches
+    from .dsl import load_spec, loads_spec
+    from .scoring import cached_batches
     from .models import resolve_model
-    from .supernet import compile as compile_supernet
+    from .supernet import build_supernet
 
     if quick:
         epochs, generations, population, train_size, image_size = (
@@ -141,7 +141,7 @@ def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int =
     budget = _lora8_budget(model)
     data = load_data("builtin:mnist5k", model=model, **data_options)
     test_batches = cached_batches(data, "test", 128, torch.device("cpu"))
-    settings = load_spec(_spec(LORA8, budget, epochs, generations, population)).training
+    settings = loads_spec(_spec(LORA8, budget, epochs, generations, population)).training
     start = time.perf_counter()
     baseline = _head_only_baseline(model, data, settings, test_batches)
     head_params = sum(p.numel() for p in model.classifier.parameters())
@@ -152,7 +152,7 @@ def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int =
         text = _spec(space, budget, epochs, generations, population)
         (out / f"{name}.glora").write_text(text)
         fresh, _ = resolve_model(ref.name, num_classes=10)
-        supernet = compile_supernet(load_spec(out / f"{name}.glora"), fresh)
+        supernet = build_supernet(load_spec(out / f"{name}.glora"), fresh)
         supernet.model_ref = ref
         save(supernet, out / f"{name}.pt")
         rows += _train_and_fold(out, name, supernet.plan.supernet_params, data_options)
@@ -162,7 +162,7 @@ def run_demo(out_dir: str = "glorac-demo", *, force: bool = False, epochs: int =
 
 def _train_and_fold(out: Path, name: str, trainable: int, data_options: dict) -> list[dict]:
     """train → (search → fold, finetune →) fold → eval of one compiled checkpoint."""
-    from .export import fold_checkpoint
+    from .folding.export import fold_checkpoint
     from .workflow import evaluate_path, finetune_checkpoint, search_checkpoint, train_checkpoint
 
     def folded_row(method: str, checkpoint: Path, params: int, seconds: float) -> dict:

@@ -57,11 +57,3 @@ def all_gather_objects(d: Dist, obj):
     out = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(d: Dist, obj):
-    if not d.active:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -6,7 +6,7 @@ exactly the Spec that was written. Nothing here touches torch.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -164,6 +164,30 @@ class Budget(_Frozen):
     origin: Optional[Origin] = None
 
 
+class SettingConflict(NamedTuple):
+    """Settings that are each valid but not together.
+
+    Defined here, once, so that the spec checker and the command-line overrides
+    (glorac.overrides) refuse the same combinations. ``fields`` lists the settings
+    involved, the one most to blame first. ``fix`` names them as ``{field}``
+    placeholders so that each front end can say them its own way (``warmup_epochs``
+    in a spec, ``--warmup-epochs`` on the command line).
+    """
+
+    fields: tuple[str, ...]
+    message: str
+    fix: str
+    why: Optional[str] = None
+
+    def fix_naming(self, name: Callable[[str], str]) -> str:
+        return self.fix.format_map({f: name(f) for f in self.fields})
+
+    @property
+    def hint(self) -> str:
+        """The spec checker's hint: why the constraint exists, else how to fix it."""
+        return self.why or self.fix_naming(str)
+
+
 class SearchSettings(_Frozen):
     """Evolutionary search (paper defaults, DESIGN.md §2)."""
 
@@ -174,9 +198,19 @@ class SearchSettings(_Frozen):
     crossovers: int = Field(default=25, ge=0)
     mutation_prob: float = Field(default=0.2, ge=0.0, le=1.0)
     seed: int = Field(default=0, ge=0)
-    # Grow every new structure until no upgrade fits the budget (glorac.search.evolution):
+    # Grow every new structure until no upgrade fits the budget (glorac.evolution):
     # repaired random draws use about half of a tight budget. False: the paper's procedure.
     fill: bool = True
+
+    def conflicts(self) -> list[SettingConflict]:
+        """The constraints between fields that these settings break (none when valid)."""
+        if self.parents > self.population:
+            return [SettingConflict(
+                ("parents", "population"),
+                f"parents ({self.parents}) exceed the population ({self.population})",
+                "lower {parents} or raise {population}",
+                why="parents are the best structures kept from the population")]
+        return []
 
 
 class TrainSettings(_Frozen):
@@ -198,6 +232,15 @@ class TrainSettings(_Frozen):
     # Structures trained per step (glorac.sampling): `uniform` is the paper's one draw;
     # `sandwich` (the default, chosen by benchmarks/accuracy.py) adds the largest and smallest.
     sampling: Literal["uniform", "sandwich"] = "sandwich"
+
+    def conflicts(self) -> list[SettingConflict]:
+        """The constraints between fields that these settings break (none when valid)."""
+        if self.warmup_epochs >= self.epochs:
+            return [SettingConflict(
+                ("warmup_epochs", "epochs"),
+                f"warm-up ({self.warmup_epochs} epochs) must be shorter than training ({self.epochs})",
+                "lower {warmup_epochs} or raise {epochs}")]
+        return []
 
 
 class Spec(_Frozen):

@@ -5,8 +5,9 @@
 The adapter owns only the shared support storage (see :mod:`glorac.kinds`); the frozen
 base weight and bias are passed to :meth:`GloraAdapter.forward` by the caller, so one
 adapter serves an ``nn.Linear`` module and a functional ``F.linear`` call site alike and
-never copies the base. The structure used is ``adapter.choice``, set from outside
-(sampling belongs to the trainer, with a seeded generator, never inside forward).
+never copies the base. The structure used is the ``choice`` argument, or by default
+``adapter.choice`` set with :meth:`~GloraAdapter.set_choice` (the supernet's active
+structure while training; sampling belongs to the trainer, never inside forward).
 
 Which computation runs (all exact, one full GEMM/conv per call):
 
@@ -111,7 +112,12 @@ class GloraAdapter(nn.Module):
 
     # ------------------------------------------------------------------ choice
     def set_choice(self, choice: LayerChoice) -> None:
-        """Select the structure forward and fold use; it must lie in the space."""
+        """Select the structure forward uses by default; it must lie in the space."""
+        self._kinds: _Kinds = self._compile(choice)
+        self.choice = choice
+
+    def _compile(self, choice: LayerChoice) -> _Kinds:
+        """``choice`` as plain values, refusing one outside the space."""
         if not isinstance(choice, LayerChoice):
             raise TypeError(f"expected a LayerChoice, got {type(choice).__name__}")
         if not choice_in_space(choice, self.space):
@@ -120,8 +126,7 @@ class GloraAdapter(nn.Module):
                 f"choice {', '.join(bad)} is outside this layer's space ({self.space}); "
                 "pick kinds (and lora ranks) that the space lists"
             )
-        self.choice = choice
-        self._kinds: _Kinds = _compile_choice(choice, self.geom, self.parametrization)
+        return _compile_choice(choice, self.geom, self.parametrization)
 
     def extra_repr(self) -> str:
         g = self.geom
@@ -205,8 +210,10 @@ class GloraAdapter(nn.Module):
         """View an (out,) tensor so it broadcasts over the output's channel dim."""
         return t if self.conv is None or t.dim() == 0 else t.view(-1, 1, 1)
 
-    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        kinds = self._kinds
+    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                choice: Optional[LayerChoice] = None) -> Tensor:
+        """The layer's output under ``choice`` (default: the selected one, :meth:`set_choice`)."""
+        kinds = self._kinds if choice is None else self._compile(choice)
         b_eff = self._effective_bias(weight, bias, kinds)
         grouped = self.conv is not None and self.conv["groups"] != 1
         kind_a = kinds[0][0]
@@ -218,7 +225,7 @@ class GloraAdapter(nn.Module):
         fuse_bias = kind_a == "none" and self.conv is None
         y = self._base_op(x, weight, b_eff if fuse_bias else None)
         b_eff = None if fuse_bias else b_eff
-        side = self._b_side_path(x, weight, y.dtype)
+        side = self._b_side_path(x, weight, y.dtype, kinds[1])
         if b_eff is not None:
             b_eff = self._per_channel(b_eff.to(y.dtype))
             side = b_eff if side is None else side + b_eff
@@ -228,9 +235,8 @@ class GloraAdapter(nn.Module):
         a = self._per_channel(self._column0("A", kinds[0], y.dtype))
         return _ScaleAdd.apply(y, a, side)
 
-    def _b_side_path(self, x: Tensor, w: Tensor, dtype) -> Optional[Tensor]:
+    def _b_side_path(self, x: Tensor, w: Tensor, dtype, kind_b: _Kind) -> Optional[Tensor]:
         """x·Bᵀ for B ∈ {lora, vector, scalar} without materialising B (None for none)."""
-        kind_b = self._kinds[1]
         if kind_b[0] == "none":
             return None
         if kind_b[0] == "lora":
@@ -258,9 +264,7 @@ class GloraAdapter(nn.Module):
         autograd graph, inputs untouched. The bias is None only when none exists and
         the choice creates none (C and E both none).
         """
-        if choice is not None and not choice_in_space(choice, self.space):
-            raise PlanError(f"cannot fold {choice}: outside this layer's space ({self.space})")
-        kinds = self._kinds if choice is None else _compile_choice(choice, self.geom, self.parametrization)
+        kinds = self._kinds if choice is None else self._compile(choice)
         with torch.no_grad():
             w64 = weight.detach().to(torch.float64, copy=True)
             b64 = None if bias is None else bias.detach().to(torch.float64, copy=True)

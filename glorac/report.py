@@ -25,13 +25,6 @@ def make_console() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
-def human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(int(n))
-
-
 def print_plan(plan, title: str = "", console: Console | None = None) -> None:
     console = console or make_console()
     table = Table(title=title or None, show_lines=False, caption=LEGEND)

@@ -1,12 +1,15 @@
-"""``glorac.compile``: a spec plus a model becomes a :class:`Supernet`.
+"""``glorac.build_supernet``: a spec plus a model becomes a :class:`Supernet`.
 
 The supernet wraps the rewritten model. Base weights are frozen and shared with the
 original model (never copied); only adapter tensors and the spec's ``train`` modules
-require gradients. The active structure is set from outside with :meth:`Supernet.set_choice`.
+require gradients. The structure the forward runs is set with :meth:`Supernet.activate`;
+the one chosen for deployment with :meth:`Supernet.select`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Union
 
@@ -14,9 +17,11 @@ import torch
 from torch import nn
 
 from .errors import PlanError
+from .history import RunHistory
 from .ir import LayerChoice, Space, Spec, Structure
 from .kinds import choice_param_count
 from .op import GloraAdapter
+from .planning import under
 
 SpecLike = Union[Spec, str, Path]
 ModelLike = Union[nn.Module, str]
@@ -38,6 +43,8 @@ class Supernet(nn.Module):
         # The structure chosen for deployment (by search or by hand); None while the
         # supernet is still a space of structures. Saved with checkpoints.
         self.structure: Optional[Structure] = None
+        # What train/search/finetune recorded (saved with checkpoints, glorac.history).
+        self.history = RunHistory()
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -48,37 +55,56 @@ class Supernet(nn.Module):
     def adapters(self) -> dict[str, GloraAdapter]:
         return dict(self._adapters)
 
-    def choices(self) -> dict[str, Space]:
+    def spaces(self) -> dict[str, Space]:
         """The space of every adapted layer, by qualified name."""
         return {name: a.space for name, a in self._adapters.items()}
 
-    def choice(self) -> Structure:
-        """The structure currently active."""
+    def active_structure(self) -> Structure:
+        """The structure the forward runs now (:meth:`activate`)."""
         return Structure(layers={name: a.choice for name, a in self._adapters.items()})
 
-    def set_choice(self, choice: Union[Structure, Mapping[str, LayerChoice]], *, partial: bool = False) -> None:
-        """Activate one structure. Every adapted layer must be given unless ``partial``."""
-        layers = choice.layers if isinstance(choice, Structure) else dict(choice)
-        unknown = sorted(set(layers) - set(self._adapters))
-        if unknown:
-            raise PlanError(f"structure names layers this supernet does not adapt: {', '.join(unknown[:5])}"
-                            f"{' ...' if len(unknown) > 5 else ''}; it adapts e.g. "
-                            f"{', '.join(list(self._adapters)[:3])}")
-        missing = [n for n in self._adapters if n not in layers]
-        if missing and not partial:
-            raise PlanError(f"structure lacks {len(missing)} adapted layer(s), e.g. {missing[0]}; "
-                            "give a choice for every layer (or partial=True)")
-        for name, layer_choice in layers.items():
+    def check_structure(self, structure: Union[Structure, Mapping[str, LayerChoice]], *,
+                        partial: bool = False) -> dict[str, LayerChoice]:
+        """The structure's layer choices, validated against every layer's space (nothing is
+        activated). Every adapted layer must be given unless ``partial``."""
+        return self.plan.check_structure(structure, partial=partial)
+
+    def activate(self, structure: Union[Structure, Mapping[str, LayerChoice]], *, partial: bool = False) -> None:
+        """Make the forward run ``structure`` (what training does per step); not saved."""
+        for name, layer_choice in self.check_structure(structure, partial=partial).items():
             self._adapters[name].set_choice(layer_choice)
+
+    @contextlib.contextmanager
+    def activated(self, structure: Structure):
+        """Run ``structure`` inside the block, then restore the structure active before."""
+        before = self.active_structure()
+        self.activate(structure)
+        try:
+            yield self
+        finally:
+            self.activate(before)
 
     def select(self, structure: Structure) -> None:
         """Make ``structure`` the chosen one (kept in checkpoints, used by fold) and activate it."""
-        self.set_choice(structure)
+        self.activate(structure)
         self.structure = structure
+
+    # Old names, kept for one release.
+    def choices(self) -> dict[str, Space]:
+        _deprecated("Supernet.choices()", "Supernet.spaces()")
+        return self.spaces()
+
+    def choice(self) -> Structure:
+        _deprecated("Supernet.choice()", "Supernet.active_structure()")
+        return self.active_structure()
+
+    def set_choice(self, choice, *, partial: bool = False) -> None:
+        _deprecated("Supernet.set_choice()", "Supernet.activate()")
+        self.activate(choice, partial=partial)
 
     def structure_params(self, structure: Optional[Structure] = None) -> int:
         """Adapter parameters a structure really uses (the budget's measure, head excluded)."""
-        layers = (structure or self.choice()).layers
+        layers = (structure or self.active_structure()).layers
         return sum(choice_param_count(layers[n], a.geom) for n, a in self._adapters.items())
 
     # ------------------------------------------------------------------ parameters
@@ -90,7 +116,7 @@ class Supernet(nn.Module):
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """The `train` modules' tensors, keyed as in the base model's state dict."""
         state = self.base_model.state_dict()
-        return {k: v for k, v in state.items() if _under(k, self.plan.trained)}
+        return {k: v for k, v in state.items() if under(k, self.plan.trained)}
 
     def trained_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the spec's `train` modules (the head)."""
@@ -109,23 +135,26 @@ class Supernet(nn.Module):
                 yield p
 
 
-def _under(key: str, modules) -> bool:
-    return any(key.startswith(m + ".") for m in modules)
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}",
+                  DeprecationWarning, stacklevel=3)
 
 
 def freeze_base(base_model: nn.Module, trained: tuple[str, ...]) -> None:
     for name, p in base_model.named_parameters():
-        p.requires_grad_(_under(name, trained))
+        p.requires_grad_(under(name, trained))
 
 
-def compile(spec: SpecLike, model: ModelLike, *, front_end: str = "auto", seed: Optional[int] = None,
-            num_classes: Optional[int] = None, adapter_dtype: torch.dtype = torch.float32) -> Supernet:
+def build_supernet(spec: SpecLike, model: ModelLike, *, front_end: str = "auto", seed: Optional[int] = None,
+                   num_classes: Optional[int] = None, adapter_dtype: torch.dtype = torch.float32) -> Supernet:
     """Plan and rewrite ``model`` into a GLoRA supernet that, at init, computes the base model.
 
-    ``model`` is an ``nn.Module`` or a reference (timm name, ``hf:PATH``, ``pkg.mod:factory``).
+    ``model`` is an ``nn.Module`` or a reference (timm name, ``hf:PATH``, ``pkg.mod:factory``);
+    ``spec`` a :class:`~glorac.ir.Spec` or the path of a ``.glora`` file (for spec text,
+    pass ``glorac.loads_spec(text)``; text here still works, deprecated, for one release).
     """
     from .dsl import load_spec
-    from .graph.plan import plan_with_graph
+    from .graph.planner import plan_with_graph
     from .graph.rewrite import rewrite
 
     if not isinstance(spec, Spec):
@@ -144,3 +173,9 @@ def compile(spec: SpecLike, model: ModelLike, *, front_end: str = "auto", seed: 
                                   parametrization=spec.training.parametrization)
     freeze_base(model, the_plan.trained)
     return Supernet(rewritten, model, the_plan, adapters, spec=spec, model_ref=model_ref)
+
+
+def compile(spec: SpecLike, model: ModelLike, **options) -> Supernet:  # noqa: A001 - the old public name
+    """Deprecated name of :func:`build_supernet` (it shadowed the builtin and read as torch.compile)."""
+    _deprecated("glorac.build_supernet()", "glorac.build_supernet()")
+    return build_supernet(spec, model, **options)

@@ -96,7 +96,7 @@ def random_structure(supernet, seed: int = 0) -> Structure:
     rng = random.Random(seed)
     return Structure(layers={
         name: LayerChoice(**{t: rng.choice(kinds) for t, kinds in space.items()})
-        for name, space in supernet.choices().items()
+        for name, space in supernet.spaces().items()
     })
 
 

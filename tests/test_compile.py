@@ -35,7 +35,7 @@ def test_init_equals_base_and_structure_matches_reference(name):
     x = entry.example_input()
     with torch.no_grad():
         base_out = entry.output(model(*x))
-    supernet = glorac.compile(spec_for(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec_for(entry)), model)
     assert supernet.plan.front_end == ("fx" if entry.traceable else "modules")
     assert (supernet.plan.trace_failure is None) == entry.traceable
     with torch.no_grad():
@@ -44,7 +44,7 @@ def test_init_equals_base_and_structure_matches_reference(name):
 
     perturb(supernet, seed=1)
     structure = random_structure(supernet, seed=2)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     reference = reference_model(model, supernet, structure)
     with torch.no_grad():
         got = entry.output(supernet(*x))
@@ -57,9 +57,9 @@ def test_init_equals_base_and_structure_matches_reference(name):
 def test_gradients_reach_only_adapters_and_head(name):
     entry = zoo_entry(name)
     model = entry.build()
-    supernet = glorac.compile(spec_for(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec_for(entry)), model)
     perturb(supernet, seed=3)
-    supernet.set_choice({n: max_choice(a.space, a.geom) for n, a in supernet.adapters.items()})
+    supernet.activate({n: max_choice(a.space, a.geom) for n, a in supernet.adapters.items()})
     supernet.train()
     out = entry.output(supernet(*entry.example_input()))
     out.float().pow(2).mean().backward()
@@ -78,7 +78,7 @@ def test_gradients_reach_only_adapters_and_head(name):
 def test_save_load_round_trip(name, tmp_path):
     entry = zoo_entry(name)
     model = entry.build()
-    supernet = glorac.compile(spec_for(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec_for(entry)), model)
     supernet.model_ref = ModelRef(name=f"tests.zoo:{name}", source="factory")
     perturb(supernet, seed=4)
     structure = random_structure(supernet, seed=5)
@@ -102,7 +102,7 @@ def test_save_load_round_trip(name, tmp_path):
 def test_bias_add_creates_biases_on_bias_free_layers():
     entry = zoo_entry("custom_biasfree")
     model = entry.build()
-    supernet = glorac.compile(spec_for(entry, bias="add"), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec_for(entry, bias="add")), model)
     biasfree = [lp for lp in supernet.plan.layers if not lp.site.has_bias]
     assert biasfree
     for lp in biasfree:
@@ -110,7 +110,7 @@ def test_bias_add_creates_biases_on_bias_free_layers():
         assert any(k.kind != "none" for k in lp.space.E)
     perturb(supernet, seed=6)
     structure = random_structure(supernet, seed=7)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     x = entry.example_input()
     with torch.no_grad():
         assert rel_err(supernet(*x), reference_model(model, supernet, structure)(*x)) < 1e-4
@@ -118,7 +118,7 @@ def test_bias_add_creates_biases_on_bias_free_layers():
 
 def test_bias_preserve_drops_cde_and_says_so():
     entry = zoo_entry("custom_biasfree")
-    p = glorac.plan(glorac.load_spec(spec_for(entry)), entry.build())
+    p = glorac.plan(glorac.loads_spec(spec_for(entry)), entry.build())
     for lp in p.layers:
         if not lp.site.has_bias:
             assert lp.space.C == lp.space.D == lp.space.E == (glorac.Kind(kind="none"),)
@@ -127,5 +127,5 @@ def test_bias_preserve_drops_cde_and_says_so():
 
 def test_functional_linear_is_a_site():
     entry = zoo_entry("functional")
-    p = glorac.plan(glorac.load_spec(spec_for(entry)), entry.build())
+    p = glorac.plan(glorac.loads_spec(spec_for(entry)), entry.build())
     assert any(lp.site.functional for lp in p.layers)

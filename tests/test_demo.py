@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from glorac.demo import LORA8, QUICK, _spec, run_demo
-from glorac.dsl import load_spec
+from glorac.dsl import loads_spec
 
 
 def _defaults() -> dict:
@@ -20,7 +20,7 @@ def _defaults() -> dict:
 def test_demo_spec_checks(space, quick):
     d = QUICK if quick else _defaults()
     epochs, generations, population = d["epochs"], d["generations"], d["population"]
-    spec = load_spec(_spec(space, 182_272, epochs, generations, population))
+    spec = loads_spec(_spec(space, 182_272, epochs, generations, population))
     assert spec.budget.params == 182_272
     assert spec.training.parametrization == "balanced" and spec.training.sampling == "sandwich"
     assert spec.search.fill

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from glorac import load_spec
-from glorac.dsl import analyze, format_source
+from glorac import loads_spec
+from glorac.dsl import analyze_text, format_source
 from glorac.dsl.parser import _STATEMENT_START
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,10 +42,10 @@ def test_doc_has_examples():
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_doc_block_checks(block):
-    spec, diags = analyze(with_paper(block), name=AS_IF)
+    spec, diags = analyze_text(with_paper(block), name=AS_IF)
     if diags and all("already set in this file" in d.message for d in diags):
         for stmt in statements(block):  # alternatives: each one must check on its own
-            _, sub = analyze(with_paper(stmt), name=AS_IF)
+            _, sub = analyze_text(with_paper(stmt), name=AS_IF)
             assert not sub, "\n".join(d.render() for d in sub) + "\n---\n" + stmt
         return
     assert not diags, "\n".join(d.render() for d in diags) + "\n---\n" + block
@@ -57,7 +57,7 @@ INLINE_SPACES = re.findall(r"`(space [^`]*\})`", DOC)
 
 @pytest.mark.parametrize("text", INLINE_SPACES)
 def test_inline_space_examples_check(text):
-    load_spec(text)
+    loads_spec(text)
 
 
 def test_doc_claim_omitted_tensors_print_as_none():
@@ -74,7 +74,7 @@ def test_doc_claim_omitted_tensors_print_as_none():
 def test_doc_claim_settings_defaults_match_the_ir():
     """The settings block in the doc lists the defaults; the IR must agree."""
     block = next(b for b in BLOCKS if b.lstrip().startswith("search {"))
-    spec, default = load_spec(block), load_spec("")
+    spec, default = loads_spec(block), loads_spec("")
     assert spec.search == default.search
     # grad_clip and head_lr are shown with a value but are absent by default
     assert default.training.grad_clip is None and spec.training.grad_clip == 1.0

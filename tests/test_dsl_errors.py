@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from glorac import SpecError, load_spec
-from glorac.dsl import analyze
+from glorac import SpecError, load_spec, loads_spec
+from glorac.dsl import analyze, analyze_text
 
 PAPER = "space paper(r=8) { A: lora(r) | vector | scalar | none  B: lora(r) | none }\n"
 SPACES = PAPER + "space lr(r) { B: lora(r) }\nspace two(a=2, b=4) { A: lora(a)  B: lora(b) }\n"
@@ -220,7 +220,7 @@ CASES = [
 
 
 def diagnostics_of(text: str):
-    spec, diags = analyze(text)
+    spec, diags = analyze_text(text)
     assert (spec is None) == bool(diags), "a spec must be returned exactly when there is no error"
     return diags
 
@@ -239,7 +239,7 @@ def test_error(text, line, col, message, hint, count):
     assert d.source_line == text.split("\n")[line - 1]
     assert d.end_column is None or d.end_column > d.column
     with pytest.raises(SpecError) as err:
-        load_spec(text)
+        loads_spec(text)
     assert err.value.diagnostics == tuple(diags)
 
 
@@ -274,7 +274,7 @@ def test_many_errors_reported_together_sorted():
         d.render() for d in diags
     )
     with pytest.raises(SpecError) as err:
-        load_spec(text)
+        loads_spec(text)
     assert len(err.value.diagnostics) == 13
     assert err.value.render().endswith("13 errors found")
 
@@ -295,7 +295,7 @@ def test_statement_may_continue_on_a_line_starting_with_a_word():
         + "bias\n  add\nbudget 1M including\n  head\n"
         + "space two(a=2,\n    b=4) { A: lora(a) }\nmodel\n  vit_base\n"
     )
-    spec = load_spec(text)
+    spec = loads_spec(text)
     assert spec.rules[0].selector.types == ("Linear", "Conv2d")
     assert spec.rules[0].space_name == "s"
     assert spec.bias == "add"
@@ -405,16 +405,36 @@ def test_too_large_file(tmp_path):
     assert "too large" in d.message
 
 
-def test_str_source_is_text_or_path(tmp_path, monkeypatch):
-    """`load_spec(str)`: spec text when it starts like a statement, else a file name."""
+def test_load_spec_takes_a_path_and_loads_spec_takes_text(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "budget.glora", "bias add\n")  # a file named like a keyword
     assert load_spec("budget.glora").bias == "add"
     assert load_spec(Path("budget.glora")).bias == "add"
-    assert load_spec("bias add").bias == "add"
+    assert loads_spec("bias add").bias == "add"
+    assert loads_spec(b"bias add").bias == "add"
+    with pytest.raises(SpecError):
+        loads_spec("budget.glora")  # always text, even when it names a file
     with pytest.raises(SpecError) as err:
-        load_spec("include paper.glora")  # text with a mistake, not a file name
+        loads_spec("include paper.glora")  # text with a mistake, not a file name
     assert err.value.diagnostics[0].message == "unexpected `paper.glora`"
     with pytest.raises(SpecError) as err:
         load_spec("missing.glora")
     assert "no such file" in err.value.diagnostics[0].message
+    with pytest.raises(SpecError) as err:
+        loads_spec("bias keep", name="mine.glora")
+    assert err.value.diagnostics[0].file == "mine.glora"
+
+
+def test_text_given_as_a_path_still_works_with_a_deprecation_warning(tmp_path, monkeypatch):
+    """For one release `load_spec(str)` / `analyze(str)` still take spec text, and warn."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(DeprecationWarning, match=r"call loads_spec\(text\)"):
+        assert load_spec("bias add").bias == "add"
+    with pytest.warns(DeprecationWarning, match=r"loads_spec"):
+        assert load_spec(b"bias add").bias == "add"
+    with pytest.warns(DeprecationWarning, match=r"loads_spec"), pytest.raises(SpecError) as err:
+        load_spec("include paper.glora")  # still text with a mistake, not a file name
+    assert err.value.diagnostics[0].message == "unexpected `paper.glora`"
+    with pytest.warns(DeprecationWarning, match=r"call analyze_text\(text\)"):
+        spec, diags = analyze("bias keep")
+    assert spec is None and diags == analyze_text("bias keep")[1]

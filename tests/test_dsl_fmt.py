@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from glorac import SpecError, load_spec
+from glorac import SpecError, loads_spec
 from glorac.cli import main
 from glorac.dsl import format_source
 
@@ -264,7 +264,7 @@ def test_fmt(source, expected):
     out = format_source(source)
     assert out == expected
     assert format_source(out) == out  # idempotent
-    assert without_origins(load_spec(source)) == without_origins(load_spec(out))
+    assert without_origins(loads_spec(source)) == without_origins(loads_spec(out))
 
 
 def without_origins(spec):

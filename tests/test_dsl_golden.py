@@ -190,6 +190,6 @@ def test_library_paper_space_matches_the_reference_spec():
     from glorac.dsl.library import PAPER_SPACE
 
     body = 'adapt "x" with paper(r=3)\n'
-    ours = glorac.load_spec(PAPER_SPACE + body)
-    ref = glorac.load_spec(f'include "{ROOT / "specs" / "paper.glora"}"\n' + body)
+    ours = glorac.loads_spec(PAPER_SPACE + body)
+    ref = glorac.loads_spec(f'include "{ROOT / "specs" / "paper.glora"}"\n' + body)
     assert ours.rules[0].space == ref.rules[0].space

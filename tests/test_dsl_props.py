@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from glorac import SpecError, load_spec
+from glorac import SpecError, loads_spec
 from glorac.dsl import format_source
 from glorac.dsl.parser import KEYWORDS
 from glorac.ir import ALLOWED_KINDS, LAYER_TYPES, TENSORS, Spec
@@ -40,7 +40,7 @@ SLOWER = examples(60)
 def load_or_error(source):
     """Load; SpecError is the only acceptable failure. Returns the Spec or None."""
     try:
-        spec = load_spec(source)
+        spec = loads_spec(source)
     except SpecError as exc:
         assert exc.diagnostics, "a SpecError must say what is wrong"
         for d in exc.diagnostics:
@@ -66,7 +66,7 @@ def ir_of(spec: Spec):
 def check_fmt_properties(text: str, spec: Spec) -> None:
     """For text that checks: fmt keeps the IR, is idempotent and keeps every comment."""
     out = format_source(text)
-    again = load_spec(out)
+    again = loads_spec(out)
     assert ir_of(again) == ir_of(spec), out
     assert format_source(out) == out
     assert Spec.model_validate_json(spec.model_dump_json()) == spec
@@ -406,7 +406,7 @@ def valid_specs(draw):
 @given(valid_specs())
 def test_generated_specs_round_trip_through_fmt(text):
     try:
-        spec = load_spec(text)
+        spec = loads_spec(text)
     except SpecError as exc:  # the generator only writes valid specs
         raise AssertionError(exc.render() + "\n----\n" + text) from None
     check_fmt_properties(text, spec)

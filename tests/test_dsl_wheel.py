@@ -43,10 +43,10 @@ def test_wheel_works_without_source_tree(wheel, tmp_path):
     (work / "inc.glora").write_text("space s { B: lora(4) }\n", encoding="utf-8")
     script = (
         "import glorac, glorac.dsl.grammar as g\n"
-        "spec = glorac.load_spec('include \"inc.glora\"\\nadapt \"blocks.*\" with s\\nbudget 2K\\n')\n"
+        "spec = glorac.loads_spec('include \"inc.glora\"\\nadapt \"blocks.*\" with s\\nbudget 2K\\n')\n"
         "assert spec.budget.params == 2000 and spec.rules[0].space_name == 's'\n"
         "try:\n"
-        "    glorac.load_spec('adpat x')\n"
+        "    glorac.loads_spec('adpat x')\n"
         "except glorac.SpecError as e:\n"
         "    assert 'did you mean `adapt`?' in e.render()\n"
         "print(glorac.__file__)\n"

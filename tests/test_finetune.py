@@ -30,15 +30,15 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     files = {"compiled": d / "sn.pt", "trained": d / "sn.trained.pt", "searched": d / "searched.pt",
              "structure": d / "searched.json"}
     assert main(["compile", str(spec), "--model", MODEL, "-o", str(files["compiled"])]) == 0
-    assert main(["train", str(files["compiled"]), *DATA, "--epochs", "1", "--no-progress"]) == 0
+    assert main(["train", str(files["compiled"]), *DATA, "--epochs", "1", "--warmup-epochs", "0", "--no-progress"]) == 0
     assert main(["search", str(files["trained"]), *DATA, "-o", str(files["searched"]),
                  "--structure", str(files["structure"])]) == 0
     return files
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    _, payload = read_checkpoint(path)
-    return {**payload["adapters"], **payload["trained"]}
+    ckpt = read_checkpoint(path)
+    return {**ckpt.adapters, **ckpt.trained}
 
 
 def _eval(path: Path) -> dict:
@@ -58,9 +58,9 @@ def test_finetune_then_fold_and_eval_through_the_cli(pipeline, tmp_path, capsys)
     assert f"wrote {tuned}" in out and " s, " in out and "examples/s" in out
     sn = glorac.load(tuned)
     assert sn.structure == glorac.load(searched).structure  # still selected: fold/eval take it as is
-    extra = sn.checkpoint_meta["extra"]
-    assert extra["train"]["settings"]["epochs"] == 1 and extra["train"]["settings"]["lr"] == 1e-3
-    assert extra["finetune"]["from"] == str(searched) and "search" in extra
+    history = sn.history
+    assert history.train.settings.epochs == 1 and history.train.settings.lr == 1e-3
+    assert history.finetune.source == str(searched) and history.search is not None
     before, after = _tensors(searched), _tensors(tuned)
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -103,7 +103,7 @@ def test_structure_file_trains_only_the_tensors_it_uses(pipeline, tmp_path, caps
     out = tmp_path / "tuned.pt"
     # A large weight decay: were AdamW to decay the unused tensors, they would visibly shrink.
     code, _, err = run_cli(capsys, "finetune", pipeline["trained"], *DATA, "--structure", structure_file,
-                           "-o", out, "--epochs", "1", "--weight-decay", "0.5", "--no-progress")
+                           "-o", out, "--epochs", "1", "--warmup-epochs", "0", "--weight-decay", "0.5", "--no-progress")
     assert code == 0, err
     assert glorac.load(out).structure == structure
     before, after = _tensors(pipeline["trained"]), _tensors(out)
@@ -135,7 +135,7 @@ def test_structure_outside_the_space_names_the_file(pipeline, tmp_path, capsys):
 
 def _first_step_in_factors(monkeypatch, checkpoint: Path, out: Path, *flags: str) -> dict[str, torch.Tensor]:
     """The in-side factors a `glorac train` run starts its first step from (it stops after it)."""
-    from glorac import train as train_mod
+    from glorac import trainer as train_mod
 
     seen: dict[str, torch.Tensor] = {}
     original = train_mod.Trainer._step

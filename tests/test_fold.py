@@ -24,8 +24,15 @@ from torch import nn
 import glorac
 from glorac.dsl.library import PAPER_SPACE
 from glorac.errors import FoldError, GloraError, PlanError
-from glorac.graph import fold as fold_module
-from glorac.graph.fold import TOLERANCE, fold_with_report, folded_layer
+from glorac.folding import core as fold_module
+from glorac.folding.core import TOLERANCE, fold_layer
+from glorac.folding.model import default_probe, fold_with_report
+
+
+def folded_layer(supernet, name, choice):
+    """(W', b') of one layer through the fold core, from the supernet's base tensors."""
+    owner = supernet.base_model.get_submodule(name)
+    return fold_layer(name, supernet.adapters[name], choice, owner.weight, owner.bias)
 from glorac.ir import TENSORS, Kind, LayerChoice, Structure
 from tests.reference import perturb, random_structure, reference_weight_bias, rel_err, scale_of
 from tests.zoo import zoo_entry
@@ -109,7 +116,7 @@ def _layers_supernet(bias: bool, policy: str, seed: int = 11):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Layers(bias).eval()
-    supernet = glorac.compile(spec_text(LAYERS, bias=policy), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec_text(LAYERS, bias=policy)), model)
     perturb(supernet, seed=seed)
     return model, supernet
 
@@ -137,16 +144,17 @@ def test_every_structure_folds_to_the_formula(case):
             for n in LAYERS}
     params = {n: dict(a.named_parameters()) for n, a in supernet.adapters.items()}
     ops = {n: _layer_op(model.get_submodule(n)) for n in LAYERS}
-    allowed = {n: _allowed(supernet.choices()[n]) for n in LAYERS}
+    allowed = {n: _allowed(supernet.spaces()[n]) for n in LAYERS}
     assert {n: len(c) for n, c in allowed.items()} == {n: expected for n in LAYERS}
     for n in LAYERS:
-        assert supernet.choices()[n].size() == expected
+        assert supernet.spaces()[n].size() == expected
 
     worst = {"ulp_w": 0, "ulp_b": 0, "folded_vs_ref": 0.0, "adapted_vs_ref": 0.0}
     for i in range(expected):
         structure = Structure(layers={n: allowed[n][i] for n in LAYERS})
         folded, report = fold_with_report(supernet, structure, measure=False)
         assert [lf.layer for lf in report.layers] == list(LAYERS)
+        supernet.activate(structure)  # folding takes the structure as an argument; it activates nothing
         with torch.no_grad():
             adapted_out = dict(zip(LAYERS, supernet(x, img)))
             folded_out = dict(zip(LAYERS, folded(x, img)))
@@ -180,16 +188,16 @@ def test_every_structure_folds_to_the_formula(case):
 @pytest.mark.parametrize("policy", ["preserve", "add"])
 def test_structures_dropped_by_the_bias_policy_are_rejected(policy):
     _, supernet = _layers_supernet(False, policy)
-    space = supernet.choices()["lin"]
+    space = supernet.spaces()["lin"]
     allowed = set(_allowed(space))
     dropped = [c for c in PAPER_STRUCTURES if c not in allowed]
     assert len(dropped) == 432 - CASES[f"nobias-{policy}"][2]
     for choice in dropped:
         with pytest.raises(PlanError, match="outside this layer's space"):
-            supernet.set_choice({"lin": choice}, partial=True)
+            supernet.activate({"lin": choice}, partial=True)
     # through fold too: a dropped structure never folds silently
     choice = dropped[0]
-    structure = Structure(layers={n: (choice if n == "lin" else _allowed(supernet.choices()[n])[0]) for n in LAYERS})
+    structure = Structure(layers={n: (choice if n == "lin" else _allowed(supernet.spaces()[n])[0]) for n in LAYERS})
     with pytest.raises(GloraError):
         glorac.fold(supernet, structure)
     # D is always dropped on a bias-free layer (nothing to scale)
@@ -202,7 +210,7 @@ def test_bias_uses_the_original_weight_and_accumulates_in_float64():
     """b' = b0 + b0⊙D + E + W0·C with the ORIGINAL W0, not W'; W' rounded once from float64."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 48)).eval()
-    supernet = glorac.compile(spec_text(["0"]), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec_text(["0"])), model)
     perturb(supernet, seed=3, scale=0.5)
     choice = LayerChoice(A=K("lora(4)"), B=K("lora(4)"), C=K("vector"), D=K("vector"), E=K("scalar"))
     w0, b0 = model[0].weight.detach().clone(), model[0].bias.detach().clone()
@@ -224,7 +232,7 @@ def test_fold_never_divides_a_minus_one():
     """A = −1 makes W' = B exactly: a one-way fold has no (1 + A) to divide by."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 6)).eval()
-    supernet = glorac.compile(spec_text(["0"]), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec_text(["0"])), model)
     perturb(supernet, seed=4)
     adapter = supernet.adapters["0"]
     with torch.no_grad():
@@ -268,10 +276,10 @@ def test_zoo_fold_loads_strictly_into_the_stock_model(name, tmp_path):
     x = entry.example_input()
     with torch.no_grad():
         base_out = entry.output(model(*x))
-    supernet = glorac.compile(zoo_spec(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(zoo_spec(entry)), model)
     perturb(supernet, seed=21)
     structure = random_structure(supernet, seed=22)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     with torch.no_grad():
         adapted = entry.output(supernet(*x))
     assert rel_err(adapted, base_out) > 1e-4, "perturbed adapters must change the output"
@@ -314,7 +322,7 @@ def test_bias_add_emits_exactly_the_new_bias_keys(name):
     entry = zoo_entry(name)
     model = entry.build()
     base_keys = dict(model.state_dict())
-    supernet = glorac.compile(zoo_spec(entry, bias="add"), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(zoo_spec(entry, bias="add")), model)
     perturb(supernet, seed=31)
     # C or E set on every bias-free layer (so each gets a bias), random elsewhere
     rnd = random_structure(supernet, seed=32)
@@ -325,7 +333,7 @@ def test_bias_add_emits_exactly_the_new_bias_keys(name):
             choice = choice.model_copy(update={"E": K("vector")})
         layers[n] = choice
     structure = Structure(layers=layers)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     x = entry.example_input()
     with torch.no_grad():
         adapted = entry.output(supernet(*x))
@@ -352,7 +360,7 @@ def test_bias_add_emits_exactly_the_new_bias_keys(name):
 def test_bias_add_without_c_or_e_creates_no_bias():
     entry = zoo_entry("custom_biasfree")
     model = entry.build()
-    supernet = glorac.compile(zoo_spec(entry, bias="add"), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(zoo_spec(entry, bias="add")), model)
     perturb(supernet, seed=33)
     choice = LayerChoice(A=K("vector"), B=K("lora(4)"))
     folded = glorac.fold(supernet, Structure(layers={n: choice for n in supernet.adapters}))
@@ -364,7 +372,7 @@ def test_bias_add_without_c_or_e_creates_no_bias():
 def _bf16_vit():
     entry = zoo_entry("vit")
     model = entry.build().to(torch.bfloat16)
-    supernet = glorac.compile(zoo_spec(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(zoo_spec(entry)), model)
     perturb(supernet, seed=41)
     return entry, model, supernet
 
@@ -391,16 +399,17 @@ def test_bf16_base_folds_to_bf16_within_tolerance():
 def test_float32_report_is_tight():
     entry = zoo_entry("vit")
     model = entry.build()
-    supernet = glorac.compile(zoo_spec(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(zoo_spec(entry)), model)
     perturb(supernet, seed=43)
-    folded = glorac.fold(supernet, random_structure(supernet, seed=44), verify=True)
+    structure = random_structure(supernet, seed=44)
+    folded = glorac.fold(supernet, structure, verify=True)
     report = folded.glorac_fold_report
     assert report.dtype == "float32" and report.tolerance == TOLERANCE[torch.float32]
     assert report.ok and 0 < report.rel_error <= 1e-5
     assert len(report.layers) == len(supernet.adapters)
     assert all(lf.max_abs_delta < 1e-4 and lf.params > 0 for lf in report.layers)
     assert report.worst_layer in supernet.adapters
-    assert sum(lf.params for lf in report.layers) == supernet.structure_params()
+    assert sum(lf.params for lf in report.layers) == supernet.structure_params(structure)
     # bf16 is looser than fp32 is looser than fp64
     assert TOLERANCE[torch.float64] < TOLERANCE[torch.float32] < TOLERANCE[torch.float16] \
         <= TOLERANCE[torch.bfloat16]
@@ -411,10 +420,10 @@ def test_float32_report_is_tight():
 def _vit_supernet(seed=51):
     entry = zoo_entry("vit")
     model = entry.build()
-    supernet = glorac.compile(zoo_spec(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(zoo_spec(entry)), model)
     perturb(supernet, seed=seed)
     structure = random_structure(supernet, seed=seed + 1)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     return entry, model, supernet, structure
 
 
@@ -463,11 +472,11 @@ def test_open_space_without_a_structure_is_refused():
     with pytest.raises(FoldError) as info:
         glorac.fold(supernet)
     message = str(info.value)
-    assert "glorac search" in message and "--choice" in message
+    assert "glorac search" in message and "--structure" in message
     # a structure chosen earlier (search / select) is used
     structure = random_structure(supernet, seed=5)
     supernet.select(structure)
-    supernet.set_choice(random_structure(supernet, seed=6))  # something else is active now
+    supernet.activate(random_structure(supernet, seed=6))  # something else is active now
     folded = glorac.fold(supernet)
     assert [lf.structure for lf in folded.glorac_fold_report.layers] == \
            [str(structure.layers[n]) for n in supernet.adapters]
@@ -484,7 +493,7 @@ train "head"
     x = entry.example_input()
     with torch.no_grad():
         base_out = model(*x)
-    supernet = glorac.compile(spec, model)
+    supernet = glorac.build_supernet(glorac.loads_spec(spec), model)
     perturb(supernet, seed=61)
     with torch.no_grad():
         adapted = supernet(*x)
@@ -528,13 +537,13 @@ def test_verify_names_the_worst_layer(monkeypatch):
     worst = "blocks.1.mlp.fc1"
     folded = glorac.fold(supernet, structure, verify=True)  # a correct fold passes
     assert folded.glorac_fold_report.ok
-    real = fold_module.folded_layer
+    real = fold_module.fold_layer
 
-    def slightly_wrong(sn, name, choice):
-        w, b = real(sn, name, choice)
+    def slightly_wrong(name, adapter, choice, w0, b0):
+        w, b = real(name, adapter, choice, w0, b0)
         return (w * 1.01 if name == worst else w), b
 
-    monkeypatch.setattr(fold_module, "folded_layer", slightly_wrong)
+    monkeypatch.setattr(fold_module, "fold_layer", slightly_wrong)
     with pytest.raises(FoldError, match=rf"worst layer: {worst}\b") as info:
         glorac.fold(supernet, structure, verify=True)
     assert "float32" in str(info.value) and "1e-04" in str(info.value) or "0.0001" in str(info.value)
@@ -547,27 +556,27 @@ def test_verify_catches_a_wrong_fold(monkeypatch):
     """A fold bug (here: a dropped B) is caught by verify, not shipped."""
     entry, model, supernet, structure = _vit_supernet()
     layers = {n: c.model_copy(update={"B": K("lora(4)")}) for n, c in structure.layers.items()}
-    real = fold_module.folded_layer
+    real = fold_module.fold_layer
 
-    def broken(sn, name, choice):
-        w, b = real(sn, name, choice.model_copy(update={"B": NONE}))
-        return w, b
+    def broken(name, adapter, choice, w0, b0):
+        return real(name, adapter, choice.model_copy(update={"B": NONE}), w0, b0)
 
-    monkeypatch.setattr(fold_module, "folded_layer", broken)
+    monkeypatch.setattr(fold_module, "fold_layer", broken)
     with pytest.raises(FoldError, match="worst layer"):
         glorac.fold(supernet, Structure(layers=layers), verify=True)
 
 
 def _drop_b(monkeypatch):
-    real = fold_module.folded_layer
-    monkeypatch.setattr(fold_module, "folded_layer",
-                        lambda sn, name, choice: real(sn, name, choice.model_copy(update={"B": NONE})))
+    real = fold_module.fold_layer
+    monkeypatch.setattr(fold_module, "fold_layer",
+                        lambda name, adapter, choice, w0, b0: real(name, adapter, choice.model_copy(update={"B": NONE}),
+                                                                   w0, b0))
 
 
 def _custom_with_b(name: str = "untraceable"):
     entry = zoo_entry(name)
     model = entry.build()
-    supernet = glorac.compile(zoo_spec(entry), model)
+    supernet = glorac.build_supernet(glorac.loads_spec(zoo_spec(entry)), model)
     perturb(supernet, seed=71)
     layers = {n: c.model_copy(update={"B": K("lora(4)")}) for n, c in random_structure(supernet, 72).layers.items()}
     return entry, supernet, Structure(layers=layers)
@@ -584,7 +593,7 @@ def test_verify_with_an_explicit_probe_on_a_custom_model(monkeypatch):
 
 def test_verify_without_a_known_probe_still_catches_a_wrong_fold(monkeypatch):
     entry, supernet, structure = _custom_with_b()
-    assert fold_module.default_probe(supernet.base_model) is None
+    assert default_probe(supernet.base_model) is None
     _drop_b(monkeypatch)  # a fold bug: per-layer deltas ≈ 0.1–0.3, far above float32 rounding
     with pytest.raises(FoldError):
         glorac.fold(supernet, structure, verify=True)

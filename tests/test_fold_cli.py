@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import glorac
 from glorac.dsl.library import PAPER_SPACE
 from glorac.cli import main
-from glorac.graph import fold as fold_module
+from glorac.folding import core as fold_module
 from glorac.ir import Kind, LayerChoice, Structure
 from tests.reference import perturb, random_structure, rel_err, run_cli
 from tests.zoo import ZOO, available
@@ -61,7 +61,7 @@ def _train_like(checkpoint: Path, seed: int, *, select: Structure | None = None)
 
 def _adapted_output(checkpoint: Path, structure: Structure, x: tuple):
     supernet = glorac.load(checkpoint)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     with torch.no_grad():
         return supernet(*x)
 
@@ -98,7 +98,7 @@ def _leftovers(directory: Path) -> list[str]:
 def test_fold_writes_safetensors_that_the_stock_model_loads_strictly(capsys, work, tmp_path):
     ckpt, choice, structure = work
     out = tmp_path / "vit.safetensors"
-    code, stdout, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice)
+    code, stdout, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
     assert code == 0, err
     assert "vit.safetensors" in stdout and "strict=True" in stdout
     state = load_file(str(out))
@@ -154,14 +154,14 @@ def test_open_space_without_choice_says_how_to_pick_one(capsys, work, tmp_path):
     out = tmp_path / "m.safetensors"
     code, _, err = run_cli(capsys, "fold", ckpt, "-o", out)
     assert code == 1
-    assert "glorac search" in err and "--choice" in err and "Traceback" not in err
+    assert "glorac search" in err and "--structure" in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "m.glorac.json").exists()
 
 
 def test_no_verify_skips_the_measurement(capsys, work, tmp_path):
     ckpt, choice, structure = work
     out = tmp_path / "m.safetensors"
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice, "--no-verify")
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice, "--no-verify")
     assert code == 0, err
     report = json.loads((tmp_path / "m.glorac.json").read_text())["report"]
     assert report["rel_error"] is None
@@ -173,7 +173,7 @@ def test_failed_verification_writes_nothing(capsys, work, tmp_path, monkeypatch)
     ckpt, choice, _ = work
     monkeypatch.setitem(fold_module.TOLERANCE, torch.float32, 1e-15)
     out = tmp_path / "m.safetensors"
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice)
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
     assert code == 1 and "worst layer" in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "m.glorac.json").exists()
     assert not _leftovers(tmp_path)
@@ -183,7 +183,7 @@ def test_force_overwrites_an_existing_output(capsys, work, tmp_path):
     ckpt, choice, _ = work
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"old")
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice, "--force")
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice, "--force")
     assert code == 0, err
     assert load_file(str(out))  # a real safetensors file now
     assert not _leftovers(tmp_path)
@@ -196,6 +196,7 @@ def test_python_m_glorac_fold_end_to_end(work, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "--choice is deprecated" in proc.stderr and "--structure" in proc.stderr  # the old spelling still works
     stock = ZOO["vit"].build()
     stock.load_state_dict(load_file(str(out)), strict=True)
     x = ZOO["vit"].example_input()
@@ -276,7 +277,7 @@ def test_structure_with_unknown_layers(capsys, work, tmp_path):
     layers = dict(structure.layers)
     layers["blocks.7.attn.qkv"] = LayerChoice()
     bad = _structure_file(tmp_path, Structure(layers=layers).model_dump_json())
-    err = _refused(capsys, ckpt, tmp_path / "m.safetensors", "--choice", bad, expect="blocks.7.attn.qkv")
+    err = _refused(capsys, ckpt, tmp_path / "m.safetensors", "--structure", bad, expect="blocks.7.attn.qkv")
     assert "does not adapt" in err
 
 
@@ -286,7 +287,7 @@ def test_structure_missing_a_layer(capsys, work, tmp_path):
     dropped = layers.pop("blocks.1.mlp.fc2")
     assert dropped
     bad = _structure_file(tmp_path, Structure(layers=layers).model_dump_json())
-    _refused(capsys, ckpt, tmp_path / "m.safetensors", "--choice", bad, expect="blocks.1.mlp.fc2")
+    _refused(capsys, ckpt, tmp_path / "m.safetensors", "--structure", bad, expect="blocks.1.mlp.fc2")
 
 
 @pytest.mark.parametrize("update", [{"A": "lora(8)"}, {"C": "scalar"}, {"D": "lora(4)"}])
@@ -296,7 +297,7 @@ def test_structure_with_kinds_outside_the_space(capsys, work, tmp_path, update):
     layers["blocks.0.attn.qkv"] = layers["blocks.0.attn.qkv"].model_copy(
         update={t: Kind.parse(k) for t, k in update.items()})
     bad = _structure_file(tmp_path, Structure(layers=layers).model_dump_json())
-    err = _refused(capsys, ckpt, tmp_path / "m.safetensors", "--choice", bad, expect="outside")
+    err = _refused(capsys, ckpt, tmp_path / "m.safetensors", "--structure", bad, expect="outside")
     assert str(bad) in err
 
 
@@ -310,12 +311,12 @@ def test_malformed_structure_file(capsys, work, tmp_path, text, expect):
     ckpt, _, _ = work
     path = tmp_path / "choice.json"
     path.write_bytes(text.encode("latin-1"))
-    _refused(capsys, ckpt, tmp_path / "m.safetensors", "--choice", path, expect=expect)
+    _refused(capsys, ckpt, tmp_path / "m.safetensors", "--structure", path, expect=expect)
 
 
 def test_structure_file_missing(capsys, work, tmp_path):
     ckpt, _, _ = work
-    _refused(capsys, ckpt, tmp_path / "m.safetensors", "--choice", tmp_path / "none.json", expect="does not exist")
+    _refused(capsys, ckpt, tmp_path / "m.safetensors", "--structure", tmp_path / "none.json", expect="does not exist")
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -323,7 +324,7 @@ def test_structure_file_missing(capsys, work, tmp_path):
 def test_output_equal_to_the_input_is_refused(capsys, work):
     ckpt, choice, _ = work
     before = ckpt.read_bytes()
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", ckpt, "--choice", choice, "--force")
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", ckpt, "--structure", choice, "--force")
     assert code == 1 and "checkpoint itself" in err
     assert ckpt.read_bytes() == before
 
@@ -333,7 +334,7 @@ def test_existing_output_without_force_is_untouched(capsys, work, tmp_path):
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"precious")
     os.utime(out, (1_000_000, 1_000_000))
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice)
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
     assert code == 1 and "--force" in err and "Traceback" not in err
     assert out.read_bytes() == b"precious" and out.stat().st_mtime == 1_000_000
     assert not (tmp_path / "m.glorac.json").exists()
@@ -349,14 +350,14 @@ def test_disk_full_while_writing_weights(capsys, work, tmp_path, monkeypatch, ex
     out = tmp_path / "m.safetensors"
     if existing:
         out.write_bytes(b"old weights")
-    import glorac.export
+    import glorac.folding.files
 
     def partial_then_full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\x00" * 1000)  # half a file, then the disk is full
         _disk_full()
 
-    monkeypatch.setattr(glorac.export, "save_file", partial_then_full)
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice, "--force")
+    monkeypatch.setattr(glorac.folding.files, "save_file", partial_then_full)
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice, "--force")
     assert code == 1, err
     assert "No space left" in err and "Traceback" not in err
     assert (out.read_bytes() == b"old weights") if existing else not out.exists()
@@ -377,7 +378,7 @@ def test_disk_full_while_writing_the_sidecar(capsys, work, tmp_path, monkeypatch
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice, "--force")
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice, "--force")
     assert code == 1, err
     assert not _leftovers(tmp_path), _leftovers(tmp_path)
     # "Nothing is written when anything fails": the old pair stays, consistent.
@@ -410,7 +411,7 @@ def test_hf_fold_writes_a_from_pretrained_directory(capsys, bert_checkpoint, tmp
 
     ckpt, choice, structure = bert_checkpoint
     out = tmp_path / "folded-bert"
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice)
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
     assert code == 0, err
     assert out.is_dir() and (out / "config.json").is_file()
     data = json.loads((out / "glorac_fold.json").read_text())
@@ -425,9 +426,9 @@ def test_hf_fold_writes_a_from_pretrained_directory(capsys, bert_checkpoint, tmp
         assert rel_err(want, base) > 1e-3, "the trained checkpoint must matter"
         assert rel_err(model(*x).logits, want) <= 1e-4
     # the same directory again: refused without --force, replaced with it
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice)
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
     assert code == 1 and "--force" in err
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice, "--force")
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice, "--force")
     assert code == 0, err
     assert not _leftovers(tmp_path), _leftovers(tmp_path)
     transformers.AutoModelForSequenceClassification.from_pretrained(out)

@@ -89,7 +89,7 @@ def _input() -> torch.Tensor:
 
 def _supernet(bias: str):
     base = _base()
-    supernet = glorac.compile(SPEC + f"bias {bias}\n", copy.deepcopy(base))
+    supernet = glorac.build_supernet(glorac.loads_spec(SPEC + f"bias {bias}\n"), copy.deepcopy(base))
     perturb(supernet, seed=5, scale=0.3)
     return base, supernet
 
@@ -97,7 +97,7 @@ def _supernet(bias: str):
 def _glorac_choice(supernet, name: str, ab: str, c: str, de: str) -> LayerChoice:
     """The glorac structure with peft's kinds, restricted to what the layer's space allows."""
     want = {"A": AB[ab], "B": AB[ab], "C": CK[c], "D": DE[de], "E": DE[de]}
-    space = supernet.choices()[name]
+    space = supernet.spaces()[name]
     kinds = {}
     for t, k in want.items():
         kind = Kind.parse(k)
@@ -151,6 +151,7 @@ def test_merge_agrees_with_fold_where_both_define_the_same_thing():
     for ab, c, de in CONFIGS:
         structure = Structure(layers={n: _glorac_choice(supernet, n, ab, c, de) for n in ADAPTED})
         folded = glorac.fold(supernet, structure)
+        supernet.activate(structure)  # fold takes the structure as an argument; it activates nothing
         with torch.no_grad():
             adapted = supernet(x)
         pm = _peft_model(base, supernet, ab, c, de)

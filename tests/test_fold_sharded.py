@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 import glorac
 from glorac.dsl.library import PAPER_SPACE
-from glorac import export, sharded
+from glorac.folding import export
+from glorac.folding import shards as sharded
 from glorac.errors import CheckpointError, FoldError
 from glorac.ir import Kind, Structure
 from glorac.models import resolve_model
@@ -71,7 +72,7 @@ def _compile(root: Path, base_dir: Path, spec_text: str, *, seed: int, select: b
     spec = root / f"{name}.glora"
     spec.write_text(spec_text)
     model, ref = resolve_model(f"hf:{base_dir}")
-    supernet = glorac.compile(spec, model)
+    supernet = glorac.build_supernet(spec, model)
     supernet.model_ref = ref
     perturb(supernet, seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +84,7 @@ def _compile(root: Path, base_dir: Path, spec_text: str, *, seed: int, select: b
     if select:
         supernet.select(structure)
     ckpt = glorac.save(supernet, root / name)
-    supernet.set_choice(structure)
+    supernet.activate(structure)
     return ckpt, supernet, structure
 
 
@@ -141,7 +142,7 @@ def test_sharded_fold_loads_with_from_pretrained_and_matches_the_supernet(capsys
     def no_whole_model(*_a, **_k):
         raise AssertionError("the streaming path must not build the whole model")
 
-    monkeypatch.setattr(export, "load", no_whole_model)
+    monkeypatch.setattr(export, "supernet_from", no_whole_model)
     out = tmp_path / "folded"
     code, stdout, err = run_cli(capsys, "fold", ckpt, "-o", out)
     assert code == 0, err
@@ -196,7 +197,7 @@ def test_streaming_equals_the_whole_model_path_bit_for_bit(capsys, tmp_path, mon
     code, _, err = run_cli(capsys, "fold", ckpt, "-o", out)
     assert code == 0, err
     with monkeypatch.context() as m:  # the same checkpoint through the whole-model path
-        m.setattr(sharded, "sharded_source", lambda _ckpt: None)
+        m.setattr(export, "source_dir", lambda _ref: None)
         code, _, err = run_cli(capsys, "fold", ckpt, "-o", tmp_path / "whole")
         assert code == 0, err
     streamed = {k: v for p in out.glob("*.safetensors") for k, v in load_file(str(p)).items()}
@@ -237,7 +238,7 @@ def test_tied_tensors_are_digested_through_their_saved_twin(capsys, tmp_path):
 def test_bias_add_is_refused_or_written_beside_the_weights_on_request(capsys, tmp_path):
     base_dir = _save_llama(tmp_path / "base", tied=False)
     model, _ = resolve_model(f"hf:{base_dir}")
-    probe = glorac.compile(_spec_file(tmp_path, LLAMA_SPEC + "bias add\n"), model)
+    probe = glorac.build_supernet(_spec_file(tmp_path, LLAMA_SPEC + "bias add\n"), model)
     # E on every layer, C none: each new bias is exactly E
     structure = Structure(layers={n: c.model_copy(update={"C": Kind(kind="none"), "E": Kind(kind="vector")})
                                   for n, c in random_structure(probe, seed=2).layers.items()})
@@ -246,7 +247,7 @@ def test_bias_add_is_refused_or_written_beside_the_weights_on_request(capsys, tm
     # from_pretrained would drop biases the config does not declare: refused, as in export
     code, _, err = run_cli(capsys, "fold", ckpt, "-o", out)
     assert code == 1 and "bias preserve" in err and not out.exists() and not _leftovers(tmp_path)
-    sharded.fold_sharded(ckpt, out, allow_added_biases=True)  # explicit opt-in (other loaders)
+    export.fold_checkpoint(str(ckpt), str(out), allow_added_biases=True)  # explicit opt-in (other loaders)
     data = json.loads((out / "glorac_fold.json").read_text())
     assert set(data["added_biases"]) == {f"{n}.bias" for n in supernet.adapters}
     assert "new bias tensor(s) written" in data["report"]["note"]
@@ -339,14 +340,14 @@ def test_open_structure_needs_a_choice(capsys, tmp_path):
     with pytest.raises(FoldError, match="glorac search"):
         export.fold_checkpoint(str(ckpt), str(out))
     code, _, err = run_cli(capsys, "fold", ckpt, "-o", out)
-    assert code == 1 and "--choice" in err and not out.exists()
+    assert code == 1 and "--structure" in err and not out.exists()
     choice = tmp_path / "choice.json"
     bad = Structure(layers={**structure.layers, "layers.9.mlp.up_proj": structure.layers["layers.0.mlp.up_proj"]})
     choice.write_text(bad.model_dump_json())
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice)
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
     assert code == 1 and str(choice) in err and "layers.9.mlp.up_proj" in err
     choice.write_text(structure.model_dump_json())
-    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--choice", choice)
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
     assert code == 0, err
     assert Structure.model_validate(json.loads((out / "glorac_fold.json").read_text())["structure"]) == structure
 
@@ -354,7 +355,7 @@ def test_open_structure_needs_a_choice(capsys, tmp_path):
 def test_non_finite_adapters_are_refused_naming_the_layer(capsys, tmp_path):
     base_dir = _save_llama(tmp_path / "base", tied=False)
     model, ref = resolve_model(f"hf:{base_dir}")
-    supernet = glorac.compile(_spec_file(tmp_path, LLAMA_SPEC), model)
+    supernet = glorac.build_supernet(_spec_file(tmp_path, LLAMA_SPEC), model)
     supernet.model_ref = ref
     layer = "layers.1.mlp.down_proj"
     structure = random_structure(supernet, seed=1)
@@ -372,10 +373,54 @@ def test_non_finite_adapters_are_refused_naming_the_layer(capsys, tmp_path):
 
 def test_failed_layer_check_writes_nothing(capsys, llama, tmp_path, monkeypatch):
     _, ckpt, _, _ = llama
-    monkeypatch.setitem(glorac.graph.fold.TOLERANCE, torch.float32, 1e-15)
+    monkeypatch.setitem(glorac.folding.core.TOLERANCE, torch.float32, 1e-15)
     out = tmp_path / "folded"
     code, _, err = run_cli(capsys, "fold", ckpt, "-o", out)
     assert code == 1 and "worst layer: layers." in err and "tolerance" in err and "Traceback" not in err
     assert not out.exists() and not _leftovers(tmp_path)
     code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--no-verify")  # no layer probes
     assert code == 0, err
+
+
+def test_one_file_and_sharded_directories_fold_to_the_same_directory(capsys, tmp_path):
+    """The same model saved as one model.safetensors and as shards: both folds keep the LM
+    head and the tokenizer, hold the same tensors bit for bit and the same other files."""
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, tie_word_embeddings=False,
+        initializer_range=0.2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(config)
+    folded = {}
+    for layout, shard in (("one", None), ("shards", "40KB")):
+        base_dir = tmp_path / layout / "base"
+        model.save_pretrained(base_dir, **({"max_shard_size": shard} if shard else {}))
+        (base_dir / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+        assert ((base_dir / sharded.INDEX).exists()) == (shard is not None)
+        ckpt, _, _ = _compile(tmp_path / layout, base_dir, LLAMA_SPEC, seed=5)
+        out = tmp_path / layout / "folded"
+        code, _, err = run_cli(capsys, "fold", ckpt, "-o", out)
+        assert code == 0, err
+        folded[layout] = out
+
+    def tensors(directory: Path) -> dict[str, torch.Tensor]:
+        return {k: v for p in directory.glob("*.safetensors") for k, v in load_file(str(p)).items()}
+
+    def other_files(directory: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in directory.iterdir()
+                if not p.name.endswith((".safetensors", ".index.json")) and p.name != "glorac_fold.json"}
+
+    one, shards = tensors(folded["one"]), tensors(folded["shards"])
+    assert one.keys() == shards.keys() and "lm_head.weight" in one
+    assert all(torch.equal(one[k], shards[k]) for k in one)
+    assert other_files(folded["one"]) == other_files(folded["shards"])
+    assert {"config.json", "tokenizer.json", "generation_config.json"} <= set(other_files(folded["one"]))
+    sidecars = [json.loads((folded[k] / "glorac_fold.json").read_text()) for k in ("one", "shards")]
+    for data in sidecars:  # the only differences: where the base and the spec file were
+        assert data.pop("model_ref")["name"].endswith("/base") and data.pop("spec_sha256")
+    assert sidecars[0] == sidecars[1]
+    x = _tokens()
+    with torch.no_grad():
+        logits = [transformers.AutoModelForCausalLM.from_pretrained(folded[k]).eval()(x).logits for k in folded]
+    assert torch.equal(logits[0], logits[1])

@@ -50,9 +50,9 @@ def spec(parametrization: str) -> str:
 def test_balanced_equals_paper_with_rescaled_tensors():
     """The same function under both parametrizations once values are multiplied by the constants."""
     base = _net().eval()
-    balanced = glorac.compile(spec("balanced"), base)
+    balanced = glorac.build_supernet(glorac.loads_spec(spec("balanced")), base)
     perturb(balanced, seed=3, scale=0.3)
-    paper = glorac.compile(spec("paper"), _net().eval())
+    paper = glorac.build_supernet(glorac.loads_spec(spec("paper")), _net().eval())
     x = torch.randn(5, 12)
     for seed in range(20):
         structure = random_structure(balanced, seed)
@@ -64,8 +64,8 @@ def test_balanced_equals_paper_with_rescaled_tensors():
                     kind = structure.layers[name].tensor(tensor)
                     scale = kind_scale(tensor, kind, adapter.geom) if pname.endswith("_out") else 1.0
                     getattr(target, pname).copy_(value * scale)
-        balanced.set_choice(structure)
-        paper.set_choice(structure)
+        balanced.activate(structure)
+        paper.activate(structure)
         with torch.no_grad():
             assert rel_err(balanced(x), paper(x)) < 1e-6, structure
         folded_b = glorac.fold(balanced, structure)
@@ -81,10 +81,10 @@ def test_broadcast_b_step_is_tamed():
     x = torch.rand(16, fan_in)  # post-activation inputs: positive, so Σ_j x_j ~ fan_in / 2
     moves = {}
     for p in ("paper", "balanced"):
-        sn = glorac.compile(PAPER_SPACE + f'adapt "*" with paper(r=8)\ntraining {{ parametrization = {p} }}\n',
+        sn = glorac.build_supernet(glorac.loads_spec(PAPER_SPACE + f'adapt "*" with paper(r=8)\ntraining {{ parametrization = {p} }}\n'),
                             nn.Sequential(layer))
         adapter = sn.adapters["0"]
-        sn.set_choice(Structure(layers={"0": LayerChoice(B=K("vector"))}))
+        sn.activate(Structure(layers={"0": LayerChoice(B=K("vector"))}))
         with torch.no_grad():
             before = sn(x)
             adapter.B_out[:, 0] += 1e-3
@@ -94,18 +94,18 @@ def test_broadcast_b_step_is_tamed():
 
 
 def test_checkpoint_keeps_the_parametrization(tmp_path):
-    sn = glorac.compile(spec("paper"), _net().eval())
+    sn = glorac.build_supernet(glorac.loads_spec(spec("paper")), _net().eval())
     assert {a.parametrization for a in sn.adapters.values()} == {"paper"}
-    assert glorac.compile(spec("balanced"), _net().eval()).spec.training.parametrization == "balanced"
+    assert glorac.build_supernet(glorac.loads_spec(spec("balanced")), _net().eval()).spec.training.parametrization == "balanced"
     text = PAPER_SPACE + 'adapt "0" with paper(r=2)\n'
-    assert glorac.compile(text, _net().eval()).adapters["0"].parametrization == "balanced"  # the default
+    assert glorac.build_supernet(glorac.loads_spec(text), _net().eval()).adapters["0"].parametrization == "balanced"  # the default
 
 
 def test_version_1_checkpoint_reads_as_the_paper_parametrization(tmp_path):
     """Checkpoints written before the constants existed hold unscaled tensors."""
     import json
 
-    sn = glorac.compile(PAPER_SPACE + 'adapt "body.1" with paper(r=2)\n', "tests.test_train:digit_net")
+    sn = glorac.build_supernet(glorac.loads_spec(PAPER_SPACE + 'adapt "body.1" with paper(r=2)\n'), "tests.test_train:digit_net")
     path = tmp_path / "v1.pt"
     glorac.save(sn, path)
     payload = torch.load(path, weights_only=True)

@@ -36,7 +36,7 @@ class Tiny(nn.Module):
 
 
 def plan_of(text: str, model: nn.Module | None = None):
-    return glorac.plan(glorac.load_spec(text), model or Tiny())
+    return glorac.plan(glorac.loads_spec(text), model or Tiny())
 
 
 def test_last_matching_rule_wins():
@@ -101,12 +101,12 @@ def test_plan_totals_and_budget_feasibility():
     assert p.supernet_params == 3 * per_layer
     assert p.budget_feasible is True
     assert p.log10_structures == pytest.approx(3 * torch.log10(torch.tensor(4.0)).item())
-    assert glorac.plan(glorac.load_spec('adapt "narrow" with { B: vector }\nbudget 1'), Tiny()).budget_feasible is False
+    assert glorac.plan(glorac.loads_spec('adapt "narrow" with { B: vector }\nbudget 1'), Tiny()).budget_feasible is False
 
 
 def test_plan_json_round_trip():
     p = plan_of('adapt "blocks.*.0" with { B: lora(2) }\ntrain "head"')
-    from glorac.graph.plan import Plan
+    from glorac.planning import Plan
 
     assert Plan.model_validate_json(p.model_dump_json()) == p
 
@@ -116,7 +116,7 @@ def test_plan_json_round_trip():
 
 def _saved(tmp_path, seed=0):
     model = ZOO["vit"].build()
-    sn = glorac.compile(ROOT / "specs" / "vit.glora", model)
+    sn = glorac.build_supernet(ROOT / "specs" / "vit.glora", model)
     sn.model_ref = ModelRef(name="tests.zoo:vit", source="factory")
     perturb(sn, seed=seed)
     return glorac.save(sn, tmp_path / "sn.pt"), model
@@ -153,7 +153,7 @@ def test_save_refuses_to_overwrite(tmp_path):
     path, _ = _saved(tmp_path)
     before = path.read_bytes()
     model = ZOO["vit"].build()
-    sn = glorac.compile(ROOT / "specs" / "vit.glora", model)
+    sn = glorac.build_supernet(ROOT / "specs" / "vit.glora", model)
     sn.model_ref = ModelRef(name="tests.zoo:vit", source="factory")
     with pytest.raises(CheckpointError, match="already exists"):
         glorac.save(sn, path)

@@ -8,30 +8,30 @@ import torch
 import glorac
 from glorac.kinds import max_choice, min_choice
 from glorac.sampling import StructureSampler
-from glorac.train import Trainer
+from glorac.trainer import Trainer
 from glorac.data import load_data
 from glorac.distributed import Dist
 from tests.test_train import SPEC
 
 
 def _supernet(sampling: str):
-    return glorac.compile(SPEC.replace("seed = 3 }", f"seed = 3  sampling = {sampling} }}"), "tests.test_train:digit_net")
+    return glorac.build_supernet(glorac.loads_spec(SPEC.replace("seed = 3 }", f"seed = 3  sampling = {sampling} }}")), "tests.test_train:digit_net")
 
 
 def test_sandwich_adds_the_largest_and_smallest_structure():
     sn = _supernet("sandwich")
     geoms = {n: a.geom for n, a in sn.adapters.items()}
-    uniform = StructureSampler(sn.choices(), seed=2)
-    sandwich = StructureSampler(sn.choices(), seed=2, rule="sandwich", geoms=geoms)
+    uniform = StructureSampler(sn.spaces(), seed=2)
+    sandwich = StructureSampler(sn.spaces(), seed=2, rule="sandwich", geoms=geoms)
     for step in range(5):
         drawn, largest, smallest = sandwich.step_structures(step)
         assert drawn == uniform(step) and uniform.step_structures(step) == [drawn]
-        assert largest.layers == {n: max_choice(s, geoms[n]) for n, s in sn.choices().items()}
-        assert smallest.layers == {n: min_choice(s, geoms[n]) for n, s in sn.choices().items()}
+        assert largest.layers == {n: max_choice(s, geoms[n]) for n, s in sn.spaces().items()}
+        assert smallest.layers == {n: min_choice(s, geoms[n]) for n, s in sn.spaces().items()}
     with pytest.raises(ValueError, match="geometry"):
-        StructureSampler(sn.choices(), rule="sandwich")
+        StructureSampler(sn.spaces(), rule="sandwich")
     with pytest.raises(ValueError, match="sampling rule"):
-        StructureSampler(sn.choices(), rule="greedy")
+        StructureSampler(sn.spaces(), rule="greedy")
 
 
 def test_sandwich_step_trains_every_out_side_factor(tmp_path):

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import glorac
-from glorac.evaluate import SearchProgress
+from glorac.progress import SearchProgress
 from tests.reference import run_cli
 from tests.test_train import DATA, SPEC
 
@@ -26,14 +26,14 @@ def test_search_prints_the_best_params_against_the_budget(compiled, tmp_path, ca
     out = tmp_path / "s.pt"
     code, stdout, err = run_cli(capsys, "search", compiled, *DATA, "-o", out, "--no-progress")
     assert code == 0, err
-    search = glorac.load(out).checkpoint_meta["extra"]["search"]
-    best = search["best_params"]
+    search = glorac.load(out).history.search
+    best = search.best_params
     m = re.search(r"best: val acc (\d\.\d{4}), ([\d,]+) adapter params of a 3,000 budget \(([\d.]+)%\)", stdout)
     assert m, stdout
     assert int(m.group(2).replace(",", "")) == best <= 3000
     assert float(m.group(3)) == pytest.approx(100 * best / 3000, abs=0.05)
-    assert float(m.group(1)) == pytest.approx(search["best_accuracy"], abs=5e-5)
-    assert search["settings"]["fill"] is True
+    assert float(m.group(1)) == pytest.approx(search.best_accuracy, abs=5e-5)
+    assert search.settings.fill is True
     assert "cand/s" not in stdout + err  # --no-progress
 
 
@@ -41,7 +41,7 @@ def test_no_fill_is_the_paper_procedure(compiled, tmp_path, capsys):
     out = tmp_path / "s.pt"
     code, _, err = run_cli(capsys, "search", compiled, *DATA, "-o", out, "--no-progress", "--no-fill")
     assert code == 0, err
-    assert glorac.load(out).checkpoint_meta["extra"]["search"]["settings"]["fill"] is False
+    assert glorac.load(out).history.search.settings.fill is False
 
 
 def test_progress_ticks_per_candidate_with_generation_best_and_rate(compiled, tmp_path, monkeypatch):

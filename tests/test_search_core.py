@@ -1,4 +1,4 @@
-"""glorac.search: evolutionary search invariants, parameter counting, Pareto front, plot file."""
+"""glorac.evolution: evolutionary search invariants, parameter counting, Pareto front, plot file."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from glorac.errors import GloraError
 from glorac.ir import TENSORS, Kind, LayerChoice, SearchSettings, Space, Structure
 from glorac.kinds import Geometry, choice_in_space
-from glorac.search import Candidate, SearchError, SearchResult, evolve, structure_params
-from glorac.search.plots import abbreviate_layers, pareto_front, plot_search
+from glorac.evolution import Candidate, SearchError, SearchResult, evolve, structure_params
+from glorac.search_plots import abbreviate_layers, pareto_front, plot_search
 
 K = Kind.parse
 NONE, VEC, SCA = K("none"), K("vector"), K("scalar")

@@ -1,4 +1,4 @@
-"""glorac.evaluate.FoldedEvaluator: incremental folds give the numbers of a fresh fold; a head outside the supernet."""
+"""glorac.scoring.FoldedEvaluator: incremental folds give the numbers of a fresh fold; a head outside the supernet."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 import glorac
 from glorac.data import Batch
 from glorac.dsl.library import PAPER_SPACE
-from glorac.evaluate import FoldedEvaluator, accuracy, supernet_accuracy
+from glorac.scoring import FoldedEvaluator, accuracy, supernet_accuracy
 from glorac.ir import Kind, LayerChoice, Structure
 from tests.reference import perturb, random_structure
 
@@ -45,7 +45,7 @@ def batches(n: int = 40, size: int = 16, classes: int = 8, seed: int = 0) -> lis
 @pytest.fixture()
 def supernet():
     torch.manual_seed(0)
-    sn = glorac.compile(SPEC, Backbone())
+    sn = glorac.build_supernet(glorac.loads_spec(SPEC), Backbone())
     perturb(sn, seed=1, scale=0.3)
     return sn.eval()
 
@@ -98,7 +98,7 @@ def test_only_changed_layers_are_folded(supernet, monkeypatch):
     calls.clear()
     ev(base)
     assert calls == []
-    other = base.layers["b"].model_copy(update={"A": next(k for k in supernet.choices()["b"].A
+    other = base.layers["b"].model_copy(update={"A": next(k for k in supernet.spaces()["b"].A
                                                           if k != base.layers["b"].A)})
     ev(Structure(layers={**base.layers, "b": other}))
     assert calls == ["b"]
@@ -127,7 +127,7 @@ def test_scores_are_computed_without_autograd(supernet):
 def test_head_outside_the_supernet():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
-    supernet = glorac.compile(PAPER_SPACE + 'adapt "*" type Linear with paper(r=2)\n', backbone)
+    supernet = glorac.build_supernet(glorac.loads_spec(PAPER_SPACE + 'adapt "*" type Linear with paper(r=2)\n'), backbone)
     perturb(supernet, seed=2, scale=0.3)
     supernet.eval()
     head = nn.Linear(16, 5).eval()
@@ -137,7 +137,7 @@ def test_head_outside_the_supernet():
     ev = FoldedEvaluator(supernet, data, forward=lambda m, b: head(m(*b.inputs)))
     got = ev(structure)
 
-    supernet.set_choice(structure)  # by hand: the unfolded supernet, then the head
+    supernet.activate(structure)  # by hand: the unfolded supernet, then the head
     with torch.no_grad():
         x = torch.cat([b.inputs[0] for b in data])
         y = torch.cat([b.labels for b in data])
@@ -152,7 +152,7 @@ def test_head_outside_the_supernet():
 def test_accuracy_sums_like_python_floats(supernet):
     """The device-side sums give exactly what per-batch .item() sums gave."""
     data = batches(n=50, size=7)
-    supernet.set_choice(random_structure(supernet, seed=10))
+    supernet.activate(random_structure(supernet, seed=10))
     got = accuracy(supernet, data)
     loss, correct = 0.0, 0
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""glorac.search: budget fill (``search { fill = ... }``) and the best's share of the budget."""
+"""glorac.evolution: budget fill (``search { fill = ... }``) and the best's share of the budget."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import glorac
-from glorac.dsl import analyze
+from glorac.dsl import analyze_text
 from glorac.ir import TENSORS, SearchSettings, Structure
 from glorac.kinds import Geometry, param_count
-from glorac.search import evolve
-from glorac.search.evolution import _Codec, _crossover, describe_best
+from glorac.evolution import evolve
+from glorac.evolution import _Codec, _crossover, describe_best
 from tests.test_search_core import SMALL, Recorder, key, paper_space, similarity, spaces_st, geoms_st, vit_like
 
 
@@ -177,11 +177,11 @@ def test_crossover_grows_only_where_the_parents_differ():
 # ------------------------------------------------------------------ the setting in a spec
 def test_fill_setting_parses_and_defaults_to_true():
     assert SearchSettings().fill is True
-    assert glorac.load_spec("search { fill = false }").search.fill is False
-    assert glorac.load_spec("search { fill = true }").search.fill is True
-    _, diags = analyze("search { fill = maybe }")
+    assert glorac.loads_spec("search { fill = false }").search.fill is False
+    assert glorac.loads_spec("search { fill = true }").search.fill is True
+    _, diags = analyze_text("search { fill = maybe }")
     assert [d.message for d in diags] == ["`fill` must be true or false, not `maybe`"]
-    _, diags = analyze("search { fill = 1 }")
+    _, diags = analyze_text("search { fill = 1 }")
     assert diags and "`fill` expects a name" in diags[0].message
 
 

@@ -62,8 +62,8 @@ def supernet_file(tmp_path):
 
 
 def _adapters(path) -> dict[str, torch.Tensor]:
-    _, payload = read_checkpoint(path)
-    return {**payload["adapters"], **payload["trained"]}
+    ckpt = read_checkpoint(path)
+    return {**ckpt.adapters, **ckpt.trained}
 
 
 def test_train_changes_only_adapters_and_head_and_logs(supernet_file, tmp_path):
@@ -75,8 +75,8 @@ def test_train_changes_only_adapters_and_head_and_logs(supernet_file, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # Loading re-checks the base digest: base weights were not touched.
     sn = glorac.load(trained)
-    meta = sn.checkpoint_meta["extra"]["train"]
-    assert meta["epochs_done"] == 2 and meta["step"] == 2 * -(-1078 // 48)
+    record = sn.history.train
+    assert record.epochs_done == 2 and record.step == 2 * -(-1078 // 48)
     lines = [json.loads(x) for x in (tmp_path / "sn.trained.metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if "loss" in r]
     assert losses and all(r.get("lr", 1) > 0 for r in lines)
@@ -84,7 +84,7 @@ def test_train_changes_only_adapters_and_head_and_logs(supernet_file, tmp_path):
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(supernet_file, tmp_path, monkeypatch):
-    from glorac import train as train_mod
+    from glorac import trainer as train_mod
 
     full = tmp_path / "full.pt"
     assert main(["train", str(supernet_file), *DATA, "-o", str(full), "--no-progress"]) == 0
@@ -98,7 +98,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(supernet_file, tmp_pat
 
     monkeypatch.setattr(train_mod.Trainer, "_step", interrupt_at_step_7)
     assert main(["train", str(supernet_file), *DATA, "-o", str(part), "--no-progress"]) == 130
-    assert glorac.load(part).checkpoint_meta["extra"]["train"]["step"] == 7
+    assert glorac.load(part).history.train.step == 7
     monkeypatch.setattr(train_mod.Trainer, "_step", original)
     assert main(["train", str(supernet_file), *DATA, "-o", str(part), "--resume", "--no-progress"]) == 0
     a, b = _adapters(full), _adapters(part)
@@ -108,9 +108,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(supernet_file, tmp_pat
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(supernet_file, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run.pt"
-    assert main(["train", str(supernet_file), *DATA, "-o", str(out), "--epochs", "1", "--no-progress"]) == 0
+    assert main(["train", str(supernet_file), *DATA, "-o", str(out), "--epochs", "1", "--warmup-epochs", "0", "--no-progress"]) == 0
     good = out.read_bytes()
-    from glorac import train as train_mod
+    from glorac import trainer as train_mod
 
     def nan_loss(*args, **kwargs):
         return torch.tensor(float("nan"), requires_grad=True)
@@ -130,7 +130,7 @@ def test_existing_output_needs_resume_or_force(supernet_file, tmp_path, capsys):
 
 
 def test_sampler_is_a_function_of_seed_and_step():
-    spaces = glorac.compile(SPEC, DigitNet()).choices()
+    spaces = glorac.build_supernet(glorac.loads_spec(SPEC), DigitNet()).spaces()
     a, b = StructureSampler(spaces, seed=5), StructureSampler(spaces, seed=5)
     assert [a(s) for s in range(20)] == [b(s) for s in reversed(range(20))][::-1]
     assert len({a(s).model_dump_json() for s in range(20)}) > 10
@@ -145,11 +145,11 @@ def test_search_fold_eval_pipeline(supernet_file, tmp_path):
                  "--plot", str(plot)]) == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sn = glorac.load(searched)
-    search = sn.checkpoint_meta["extra"]["search"]
-    assert search["best_params"] <= 3000 and sn.structure_params() == search["best_params"]
-    # The structure file is what `fold --choice` takes; folding it gives the same numbers.
+    search = sn.history.search
+    assert search.best_params <= 3000 and sn.structure_params() == search.best_params
+    # The structure file is what `fold --structure` takes; folding it gives the same numbers.
     folded = tmp_path / "f.safetensors"
-    assert main(["fold", str(trained), "--choice", str(structure), "-o", str(folded)]) == 0
+    assert main(["fold", str(trained), "--structure", str(structure), "-o", str(folded)]) == 0
     r1 = glorac.workflow.evaluate_path(str(folded), "builtin:digits", data_options={"image_size": 8})
     r2 = glorac.workflow.evaluate_path(str(searched), "builtin:digits", data_options={"image_size": 8})
     assert r1["n"] == r2["n"] == 360
@@ -198,10 +198,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert main(["compile", str(spec), "--model", "tests.test_train:digit_net_no_dropout", "-o",
                  str(supernet_file)]) == 0
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    assert main(["train", str(supernet_file), *DATA, "-o", str(one), "--epochs", "1", "--no-progress"]) == 0
+    assert main(["train", str(supernet_file), *DATA, "-o", str(one), "--epochs", "1", "--warmup-epochs", "0", "--no-progress"]) == 0
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "glorac", "train", str(supernet_file), *DATA, "-o", str(two), "--epochs", "1",
+           "-m", "glorac", "train", str(supernet_file), *DATA, "-o", str(two), "--epochs", "1", "--warmup-epochs", "0",
            "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,10 +1,21 @@
-"""The .glora spec language: parse (parser), check and lower to IR (analyze), print (printer)."""
+"""The .glora spec language: read (files, loader), parse (parser), check and lower to IR
+(analyze, with its passes in spaces, rules and singletons), print (printer)."""
 
-from .analyze import analyze, load_spec
-from .parser import parse_text, read_spec_file
+from .analyze import analyze, analyze_text, load_spec, loads_spec
+from .files import read_spec_file
+from .parser import parse_text
 from .printer import format_module
 
-__all__ = ["analyze", "load_spec", "parse_text", "read_spec_file", "format_module", "format_source"]
+__all__ = [
+    "analyze",
+    "analyze_text",
+    "load_spec",
+    "loads_spec",
+    "parse_text",
+    "read_spec_file",
+    "format_module",
+    "format_source",
+]
 
 
 def format_source(text: str, file: str = "<string>") -> str:
@@ -17,7 +28,7 @@ def format_source(text: str, file: str = "<string>") -> str:
 
     module, diagnostics = parse_text(text, file)
     if not diagnostics:
-        _, diagnostics = analyze(text, name=file)
+        _, diagnostics = analyze_text(text, name=file)
     if diagnostics:
         raise SpecError(diagnostics)
     return format_module(module)

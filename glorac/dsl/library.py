@@ -13,8 +13,3 @@ space paper(r=8) {
     E: vector | scalar | none
 }
 """
-
-
-def with_paper_space(body: str) -> str:
-    """``body`` (rules and settings that use ``paper``) with the paper's space defined."""
-    return PAPER_SPACE + "\n" + body

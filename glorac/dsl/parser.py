@@ -7,14 +7,16 @@ instead of stopping at the first error (or cascading into nonsense).
 
 Newlines mean nothing to the language, so a line only starts a new chunk when the
 previous line could end a statement (not after `with`, `type`, `|`, `,`, `(`...): a
-statement may be broken anywhere. Keywords are whole words (`withs` is a name).
+statement may be broken anywhere. Keywords are whole words (`withs` is a name), and
+they are read from the grammar (glorac.dsl.grammar.keywords), never listed here.
+
+File reading lives in glorac.dsl.files; this module only turns text into an AST.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
 from typing import Iterator
 
 from lark import Token, Tree
@@ -22,67 +24,11 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 
 from ..errors import Diagnostic
 from . import ast
-from .grammar import describe_terminal, parser
+from .grammar import describe_terminal, keywords, parser
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of text; anything larger is a mistake
-KEYWORDS = (
-    "model",
-    "include",
-    "space",
-    "adapt",
-    "exclude",
-    "train",
-    "budget",
-    "bias",
-    "search",
-    "training",
-)
+KEYWORDS = keywords().statements  # in grammar order, which is the order hints list them
 _STATEMENT_START = re.compile(r"[ \t]*(" + "|".join(KEYWORDS) + r")(?![A-Za-z0-9_])")
-
-
-def read_spec_file(path: str | Path) -> tuple[str | None, list[Diagnostic]]:
-    """Read a spec as UTF-8 text, turning every file-level problem into a diagnostic."""
-    name = str(path)
-
-    def fail(message: str, hint: str | None = None, line: int = 0, col: int = 0, src=None):
-        return None, [Diagnostic(name, line, col, message, hint=hint, source_line=src)]
-
-    p = Path(path)
-    try:
-        if p.is_dir():
-            return fail("is a directory, not a spec file", "pass a .glora file")
-        size = p.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            return fail(
-                f"file is too large ({size / 2**20:.1f} MiB); specs are limited to 1 MiB",
-                "is this really a .glora spec?",
-            )
-        data = p.read_bytes()
-    except FileNotFoundError:
-        return fail("no such file", "check the path (includes are relative to the including file)")
-    except PermissionError:
-        return fail("permission denied", "make the file readable")
-    except OSError as exc:
-        return fail(f"cannot read file: {exc.strerror or exc}")
-    return decode_spec_bytes(data, name)
-
-
-def decode_spec_bytes(data: bytes, name: str) -> tuple[str | None, list[Diagnostic]]:
-    if b"\x00" in data:
-        return None, [Diagnostic(name, 0, 0, "binary data (NUL bytes): not a text spec")]
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors)
-        data = data[3:]
-    try:
-        return data.decode("utf-8"), []
-    except UnicodeDecodeError as exc:
-        before = data[: exc.start]
-        line = before.count(b"\n") + 1
-        col = exc.start - (before.rfind(b"\n") + 1) + 1
-        src = data.split(b"\n")[line - 1].decode("utf-8", errors="replace")
-        diag = Diagnostic(
-            name, line, col, "invalid UTF-8", col + 1, "save the spec as UTF-8 text", src
-        )
-        return None, [diag]
 
 
 def parse_text(text: str, file: str = "<string>") -> tuple[ast.Module, list[Diagnostic]]:
@@ -126,7 +72,7 @@ def _comments(lines: list[str]) -> Iterator[ast.Comment]:
             yield ast.Comment(line[len(code) :].rstrip(), number, len(code) + 1)
 
 
-_CONTINUATION = ("type", "with", "except", "including")
+_CONTINUATION = keywords().clauses  # `with`, `type`...: they never start a statement
 _WORD = re.compile(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -212,17 +158,15 @@ def _syntax_diagnostic(
     line, col = token.line + first, token.column
     end = token.end_column if token.end_line == token.line else col + len(token.value)
     hint = _expected(expected, _statement_at(lines, first, line, col))
-    statement_here = "_MODEL" in expected  # a new statement could start here
+    statement_here = not expected.isdisjoint(keywords().statement_terminals)  # a new statement could start here
     if statement_here:
         hint = "a statement starts with one of: " + ", ".join(KEYWORDS)
     message = f"unexpected `{token.value}`"
     if token.type in ("NAME", "MODEL_REF"):
         # A word where a keyword could go: most likely a misspelt (or glued) keyword.
-        keywords = [describe_terminal(n).strip("`") for n in expected if _is_keyword(n)]
-        if "SETTINGS" in expected:
-            keywords += ["search", "training"]
-        close = difflib.get_close_matches(token.value, keywords, n=1, cutoff=0.6)
-        clauses = sorted(k for k in keywords if k not in KEYWORDS)  # e.g. `including`
+        words = [word for n in expected for word in keywords().by_terminal.get(n, ())]
+        close = difflib.get_close_matches(token.value, words, n=1, cutoff=0.6)
+        clauses = sorted(k for k in words if k not in KEYWORDS)  # e.g. `including`
         if close:
             hint = f"did you mean `{close[0]}`?"
         elif clauses and statement_here:
@@ -231,10 +175,6 @@ def _syntax_diagnostic(
         if statement_here and (close[0] in KEYWORDS if close else not clauses):
             message = f"unknown statement `{token.value}`"
     return _diag(file, lines, line, col, end, message, hint)
-
-
-def _is_keyword(terminal: str) -> bool:
-    return terminal.startswith("_") and terminal[1:].isalpha()
 
 
 _ACCEPTS_CACHE: dict[tuple, frozenset] = {}

@@ -2,16 +2,27 @@
 
 Each reader returns ``(value, None)`` or ``(None, (message, hint))`` so that the caller
 can anchor the complaint at the token it came from.
+
+The settings tables are derived from the pydantic models in :mod:`glorac.ir` (types,
+``ge``/``gt``/``le`` limits, ``Literal`` choices), so a limit is written once and the
+spec checker, the command-line overrides and the IR's own validation always agree.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import types
 from decimal import Decimal, DecimalException
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union, get_args, get_origin
+
+from annotated_types import Ge, Gt, Le
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from ..errors import did_you_mean
+from ..ir import SearchSettings, TrainSettings
 
 Problem = Optional[tuple[str, Optional[str]]]
 _NUMBER = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)([A-Za-z]*)$")
@@ -30,7 +41,9 @@ def split_number(text: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else (text, "")
 
 
-def read_int(text: str, what: str, minimum: int = 0) -> tuple[Optional[int], Problem]:
+def read_int(
+    text: str, what: str, minimum: Optional[int] = 0, maximum: Optional[int] = None
+) -> tuple[Optional[int], Problem]:
     digits, unit = split_number(text)
     if unit:
         return None, (f"{what} must be a plain integer, not `{text}`", None)
@@ -39,8 +52,10 @@ def read_int(text: str, what: str, minimum: int = 0) -> tuple[Optional[int], Pro
     if len(digits.lstrip("+-").lstrip("0")) > len(str(MAX_INT)):
         return None, (f"{what} is too large: `{text}`", f"the largest allowed value is {MAX_INT}")
     value = int(digits)
-    if value < minimum:
+    if minimum is not None and value < minimum:
         return None, (f"{what} must be ≥ {minimum}, got {value}", None)
+    if maximum is not None and value > maximum:
+        return None, (f"{what} must be ≤ {maximum}, got {value}", None)
     if value > MAX_INT:
         return None, (f"{what} is too large: `{text}`", f"the largest allowed value is {MAX_INT}")
     return value, None
@@ -54,7 +69,12 @@ def read_rank(text: str) -> tuple[Optional[int], Problem]:
 
 
 def read_float(
-    text: str, what: str, *, minimum: float = 0.0, strict: bool = False, maximum: float | None = None
+    text: str,
+    what: str,
+    *,
+    minimum: Optional[float] = 0.0,
+    strict: bool = False,
+    maximum: Optional[float] = None,
 ) -> tuple[Optional[float], Problem]:
     digits, unit = split_number(text)
     if unit:
@@ -65,8 +85,7 @@ def read_float(
         return None, (f"{what} must be a number, not `{text}`", None)
     if not math.isfinite(value):
         return None, (f"{what} is too large: `{text}`", "write an ordinary number such as 1e-4")
-    low_bad = value <= minimum if strict else value < minimum
-    if low_bad:
+    if minimum is not None and (value <= minimum if strict else value < minimum):
         rel = ">" if strict else "≥"
         return None, (f"{what} must be {rel} {minimum:g}, got {_shown(text)}", None)
     if maximum is not None and value > maximum:
@@ -92,15 +111,27 @@ def read_param_count(text: str) -> tuple[Optional[int], Problem]:
     return int(value), None
 
 
-# One reader per setting: (kind of token expected, reader(text, setting name)).
-Reader = Callable[[str, str], tuple[Any, Problem]]
+# ---------------------------------------------------------------- settings
 
 
-def _int(minimum: int) -> Reader:
-    return lambda text, what: read_int(text, what, minimum)
+Reader = Callable[[str, str], tuple[Any, Problem]]  # reader(text, "`name`")
 
 
-def _float(minimum: float = 0.0, strict: bool = False, maximum: float | None = None) -> Reader:
+class SettingRule(NamedTuple):
+    """How one setting is written: the token it takes, its reader, its limits in words."""
+
+    expected: str  # "number" or "name": the kind of token a value must be
+    read: Reader
+    allowed: str  # "an integer ≥ 1", "cosine, linear or constant" (help texts, fixes)
+    type: type  # int, float, bool or str: what the value is once read
+    choices: tuple[str, ...] = ()  # the names a `Literal` setting allows
+
+
+def _int(minimum: Optional[int], maximum: Optional[int]) -> Reader:
+    return lambda text, what: read_int(text, what, minimum, maximum)
+
+
+def _float(minimum: Optional[float], strict: bool, maximum: Optional[float]) -> Reader:
     return lambda text, what: read_float(text, what, minimum=minimum, strict=strict, maximum=maximum)
 
 
@@ -122,30 +153,80 @@ def _flag() -> Reader:
     return read
 
 
-SEARCH_SETTINGS: dict[str, tuple[str, Reader]] = {
-    "population": ("number", _int(2)),
-    "generations": ("number", _int(1)),
-    "parents": ("number", _int(1)),
-    "mutations": ("number", _int(0)),
-    "crossovers": ("number", _int(0)),
-    "mutation_prob": ("number", _float(0.0, maximum=1.0)),
-    "seed": ("number", _int(0)),
-    "fill": ("name", _flag()),
-}
+def _without_none(annotation: Any) -> Any:
+    """``Optional[float]`` → ``float``: a spec cannot write None, only leave a setting out."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kept = [a for a in get_args(annotation) if a is not type(None)]
+        if len(kept) == 1:
+            return kept[0]
+    return annotation
 
-TRAINING_SETTINGS: dict[str, tuple[str, Reader]] = {
-    "epochs": ("number", _int(1)),
-    "lr": ("number", _float(0.0, strict=True)),
-    "weight_decay": ("number", _float(0.0)),
-    "batch_size": ("number", _int(1)),
-    "warmup_epochs": ("number", _int(0)),
-    "schedule": ("name", _choice("cosine", "linear", "constant")),
-    "min_lr": ("number", _float(0.0)),
-    "grad_clip": ("number", _float(0.0, strict=True)),
-    "head_lr": ("number", _float(0.0, strict=True)),
-    "seed": ("number", _int(0)),
-    "parametrization": ("name", _choice("balanced", "paper")),
-    "sampling": ("name", _choice("uniform", "sandwich")),
-}
 
-SETTINGS = {"search": SEARCH_SETTINGS, "training": TRAINING_SETTINGS}
+def _limits(field: FieldInfo) -> tuple[Any, bool, Any]:
+    """(lower bound, whether it is strict, upper bound) from ``Field(ge=, gt=, le=)``."""
+    low, strict, high = None, False, None
+    for limit in field.metadata:
+        if isinstance(limit, Ge):
+            low, strict = limit.ge, False
+        elif isinstance(limit, Gt):
+            low, strict = limit.gt, True
+        elif isinstance(limit, Le):
+            high = limit.le
+        else:  # refuse loudly rather than let a spec through that the IR then rejects
+            raise TypeError(f"the spec language cannot check the limit {limit!r}; teach glorac.dsl.values")
+    return low, strict, high
+
+
+def _or_list(words: tuple[str, ...]) -> str:
+    return " or ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
+
+
+def _number(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _in_words(noun: str, low: Any, strict: bool, high: Any) -> str:
+    """``an integer ≥ 1``, ``a number > 0``, ``a number ≥ 0 and ≤ 1``."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if strict else '≥'} {_number(low)}")
+    if high is not None:
+        bounds.append(f"≤ {_number(high)}")
+    return f"{noun} {' and '.join(bounds)}".rstrip()
+
+
+def setting_rule(field: FieldInfo) -> SettingRule:
+    """The spec reader of one settings field, from its type and limits."""
+    kind = _without_none(field.annotation)
+    if kind is bool:
+        return SettingRule("name", _flag(), "true or false", bool)
+    if get_origin(kind) is Literal:
+        options = tuple(get_args(kind))
+        return SettingRule("name", _choice(*options), _or_list(options), str, options)
+    low, strict, high = _limits(field)
+    if kind is int:
+        if strict:  # an integer > n is an integer ≥ n + 1, which is how read_int words it
+            low, strict = low + 1, False
+        return SettingRule("number", _int(low, high), _in_words("an integer", low, strict, high), int)
+    if kind is float:
+        return SettingRule("number", _float(low, strict, high), _in_words("a number", low, strict, high), float)
+    raise TypeError(f"the spec language has no reader for settings of type {kind!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def settings_table(model: type[BaseModel]) -> dict[str, SettingRule]:
+    """Every field of a settings model → its rule, in the model's field order."""
+    return {name: setting_rule(field) for name, field in model.model_fields.items()}
+
+
+#: Settings blocks of the language: the block keyword is also the Spec field it fills.
+BLOCKS: dict[str, type[BaseModel]] = {"search": SearchSettings, "training": TrainSettings}
+
+SEARCH_SETTINGS = settings_table(SearchSettings)
+TRAINING_SETTINGS = settings_table(TrainSettings)
+SETTINGS = {block: settings_table(model) for block, model in BLOCKS.items()}
+
+
+def block_of(model: type[BaseModel]) -> Optional[str]:
+    """``search`` for SearchSettings, ``training`` for TrainSettings (None for other models)."""
+    return next((block for block, m in BLOCKS.items() if m is model), None)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..op import GloraAdapter, GloraConv2d, GloraLinear, build_adapter_for
-from .plan import Plan
+from ..planning import Plan
 
 ADAPTER_SUFFIX = "glora_adapter"  # submodule name of a functional site's adapter
 

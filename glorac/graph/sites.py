@@ -1,55 +1,21 @@
 """Find the layers GLoRA can adapt: every Linear and Conv2d, modules and functional calls.
 
-A *site* is one weight matrix with its geometry. Module sites come from
+A *site* (:class:`glorac.planning.Site`) is one weight matrix with its geometry. Module sites come from
 ``named_modules()``; functional sites (``F.linear(x, self.weight, self.bias)`` inside a
 custom module, which module-swapping tools never see) come from the traced graph.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch.fx as fx
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..kinds import Geometry
+from ..planning import Site
 
 _LINEAR_FUNCTIONS = {F.linear}
-
-
-class Site(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    qualname: str
-    type: Literal["Linear", "Conv2d"]
-    in_features: int  # in_channels for Conv2d
-    out_features: int  # out_channels for Conv2d
-    kernel: Optional[tuple[int, int]] = None
-    groups: int = 1
-    has_bias: bool
-    functional: bool = False
-    unsupported: Optional[str] = None  # why glorac cannot adapt it, if it cannot
-
-    @property
-    def geometry(self) -> Geometry:
-        if self.type == "Linear":
-            return Geometry.linear(self.in_features, self.out_features)
-        return Geometry.conv2d(self.in_features, self.out_features, self.kernel, self.groups)
-
-    def is_type(self, name: str) -> bool:
-        """The spec's `type` filter: Linear, Conv2d, or Conv1x1 (1×1 kernel, one group)."""
-        if name == "Conv1x1":
-            return self.type == "Conv2d" and self.kernel == (1, 1) and self.groups == 1
-        return self.type == name
-
-    @property
-    def shape(self) -> str:
-        if self.type == "Linear":
-            return f"{self.in_features}→{self.out_features}"
-        g = f" g{self.groups}" if self.groups > 1 else ""
-        return f"{self.in_features}→{self.out_features} {self.kernel[0]}×{self.kernel[1]}{g}"
 
 
 def module_sites(model: nn.Module) -> list[Site]:

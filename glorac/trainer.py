@@ -25,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Batch, TaskData, check_num_classes
+from .data import TaskData, check_num_classes
 from .distributed import Dist
+from .history import TrainRecord
 from .errors import GloraError
-from .graph.fold import output_tensor
 from .ir import Space, Structure, TrainSettings
 from .kinds import storage_shapes
+from .outputs import forward_logits
+from .progress import TrainProgress
 from .sampling import StructureSampler
 
 
@@ -67,11 +69,6 @@ def freeze_norm_statistics(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-
-
-def forward_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    out = model(**batch.inputs) if isinstance(batch.inputs, dict) else model(*batch.inputs)
-    return output_tensor(out)
 
 
 def fixed_spaces(supernet, structure: Structure) -> dict[str, Space]:
@@ -131,20 +128,23 @@ def train_plain(model: nn.Module, data: TaskData, groups: list[tuple[list, float
 
 
 class Trainer:
-    def __init__(self, supernet, data: TaskData, settings: TrainSettings, dist: Dist, output: Path,
-                 *, amp: Optional[bool] = None, log_every: int = 10, progress: bool = True,
-                 structure: Optional[Structure] = None):
+    def __init__(self, supernet, data: TaskData, settings: TrainSettings, dist: Dist = Dist(),
+                 output: Optional[Path] = None, *, amp: Optional[bool] = None, log_every: int = 10,
+                 progress: bool = True, structure: Optional[Structure] = None):
         """``structure`` given: fine-tune that one structure (selected, so checkpoints keep it)
-        instead of training the supernet; only the tensors it uses and the head learn."""
+        instead of training the supernet; only the tensors it uses and the head learn.
+        ``output``: the checkpoint written at every epoch end (and its ``.metrics.jsonl``
+        log beside it); None keeps everything in memory."""
         self.supernet, self.data, self.settings, self.dist = supernet, data, settings, dist
-        self.output = Path(output)
-        self.metrics_path = self.output.with_name(self.output.name.rsplit(".", 1)[0] + ".metrics.jsonl")
+        self.output = None if output is None else Path(output)
+        self.metrics_path = None if output is None else \
+            self.output.with_name(self.output.name.rsplit(".", 1)[0] + ".metrics.jsonl")
         self.amp = dist.device.type == "cuda" if amp is None else amp
         self.log_every, self.progress = log_every, progress
         self.dataset = data.splits["train"]
         self.structure = structure
         if structure is None:
-            self.sampler = StructureSampler(supernet.choices(), seed=settings.seed, rule=settings.sampling,
+            self.sampler = StructureSampler(supernet.spaces(), seed=settings.seed, rule=settings.sampling,
                                             geoms={n: a.geom for n, a in supernet.adapters.items()})
             self.params = list(supernet.trainable_parameters())
         else:
@@ -180,26 +180,27 @@ class Trainer:
                            s.min_lr / s.lr)
         return s.lr * factor
 
-    def state_for_checkpoint(self) -> tuple[dict, dict]:
+    def state_for_checkpoint(self) -> tuple[TrainRecord, dict]:
         opt = self.optimizer.state_dict()
         tensors = {"rng.torch": torch.get_rng_state()}
         for idx, st in opt["state"].items():
             for key, value in st.items():
                 tensors[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        meta = {"step": self.state.step, "epochs_done": self.state.epochs_done, "history": self.state.history,
-                "settings": self.settings.model_dump(mode="json"), "world": self.dist.world,
-                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]}
-        return meta, tensors
+        record = TrainRecord(step=self.state.step, epochs_done=self.state.epochs_done, log=self.state.history,
+                             settings=self.settings, world=self.dist.world,
+                             param_groups=[{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]])
+        return record, tensors
 
-    def restore(self, meta: dict, tensors: dict) -> None:
-        self.state = TrainState(step=meta["step"], epochs_done=meta["epochs_done"], history=meta["history"])
+    def restore(self, record: TrainRecord, tensors: dict) -> None:
+        """Continue the run ``record`` describes (with the resume tensors saved beside it)."""
+        self.state = TrainState(step=record.step, epochs_done=record.epochs_done, history=list(record.log))
         opt_state: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 opt_state.setdefault(int(idx), {})[name] = value
         groups, start = [], 0
-        for saved, own in zip(meta["param_groups"], self.optimizer.param_groups):
+        for saved, own in zip(record.param_groups, self.optimizer.param_groups):
             n = len(own["params"])
             groups.append(dict(saved, params=list(range(start, start + n))))
             start += n
@@ -208,12 +209,13 @@ class Trainer:
             torch.set_rng_state(tensors["rng.torch"])
 
     def save(self) -> None:
-        if self.dist.main:
+        """Record progress in the supernet's history and, with an output, write the checkpoint."""
+        record, tensors = self.state_for_checkpoint()
+        self.supernet.history = self.supernet.history.model_copy(update={"train": record})
+        if self.dist.main and self.output is not None:
             from .checkpoint import save
 
-            meta, tensors = self.state_for_checkpoint()
-            extra = dict(getattr(self.supernet, "checkpoint_extra", {}), train=meta)
-            save(self.supernet, self.output, force=True, extra=extra, extra_tensors=tensors)
+            save(self.supernet, self.output, force=True, extra_tensors=tensors)
         from .distributed import barrier
 
         barrier(self.dist)
@@ -248,8 +250,8 @@ class Trainer:
         self.supernet.train()
         freeze_norm_statistics(self.supernet.model)
         if self.sampler.fixed:
-            self.supernet.set_choice(self.sampler(0))
-        with _progress(self.dist.main and self.progress, self.total_steps, self.state.step) as bar:
+            self.supernet.activate(self.sampler(0))
+        with TrainProgress(self.dist.main and self.progress, self.total_steps, self.state.step) as bar:
             while self.state.step < self.total_steps:
                 epoch, offset = divmod(self.state.step, self.steps_per_epoch)
                 batches = batch_order(len(self.dataset), s.batch_size, s.seed, epoch)
@@ -281,7 +283,7 @@ class Trainer:
         loss_sums = []
         for structure in structures:
             if not self.sampler.fixed:
-                self.supernet.set_choice(structure)
+                self.supernet.activate(structure)
             with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = forward_logits(self.model, batch)
             if step == self.start_step:
@@ -300,7 +302,8 @@ class Trainer:
         if not (math.isfinite(mean_loss) and extremes_finite):
             raise TrainingStopped(
                 f"the loss became {mean_loss} at step {step} (epoch {step // self.steps_per_epoch + 1}); "
-                f"training stopped and {self.output} keeps the last good epoch. Lower the learning rate "
+                f"training stopped and {self.output or 'the supernet'} keeps the last good "
+                f"{'epoch' if self.output else 'step'}. Lower the learning rate "
                 f"(now {self.settings.lr:g}) or set grad_clip in the spec's training block.")
         if self.settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
@@ -315,7 +318,7 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         self.state.history.append(record)
-        if self.dist.main:
+        if self.dist.main and self.metrics_path is not None:
             with open(self.metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -324,29 +327,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-class _progress:
-    """A rich progress bar with loss, lr and examples/s (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled, total, done
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-        self.task = self.bar.add_task("train", total=self.total, completed=self.done, info="")
-        self.bar.__enter__()
-        return self
-
-    def update(self, *, loss: float, lr: float, rate: float) -> None:
-        self.bar.update(self.task, advance=1, info=f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} ex/s")
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-        return False

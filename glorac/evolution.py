@@ -61,9 +61,10 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import GloraError
-from ..ir import TENSORS, Kind, LayerChoice, SearchSettings, Space, Structure
-from ..kinds import Geometry, choice_param_count, param_count
+from .errors import GloraError
+from .ir import TENSORS, Kind, LayerChoice, SearchSettings, Space, Structure
+from .kinds import Geometry, choice_param_count, param_count
+from .planning import budget_problem
 
 #: Draws allowed per wanted child (or initial member) before a generation settles for
 #: fewer: duplicates are re-drawn, but a nearly exhausted space must not hang the search.
@@ -380,12 +381,9 @@ def evolve(
     no new structure (the space within budget is exhausted).
     """
     codec = _Codec.build(spaces, geoms, extra_params)
-    if budget is not None and codec.min_params > budget:
-        trained = f", including {extra_params} trained parameters" if extra_params else ""
-        raise SearchError(
-            f"budget {budget} is below the smallest structure ({codec.min_params} adapter parameters{trained}); "
-            "raise the budget, or adapt fewer layers or offer cheaper kinds (none, scalar)"
-        )
+    problem = None if budget is None else budget_problem(codec.min_params, budget, extra_params)
+    if problem:
+        raise SearchError(problem)
     rng = random.Random(settings.seed)
     state = _State(codec, evaluate)
 

@@ -11,7 +11,7 @@ import os
 import uuid
 from typing import Iterable, Sequence
 
-from ..ir import TENSORS, Kind
+from .ir import TENSORS, Kind
 from .evolution import Candidate, SearchResult
 
 #: Layer labels longer than this are abbreviated (inner path components shortened).

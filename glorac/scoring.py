@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch, TaskData
-from .graph.fold import write_folded_layer
+from .folding.core import fold_tensors
+from .folding.model import write_layers
 from .ir import LayerChoice, Structure
-from .train import forward_logits
+from .outputs import forward_logits
 
 
 def cached_batches(data: TaskData, split: str, batch_size: int, device, *, rank: int = 0,
@@ -78,7 +79,7 @@ class FoldedEvaluator:
     use: call :meth:`forget` after they do.
 
     ``forward(model, batch) -> logits`` turns a batch into class scores; the default,
-    :func:`glorac.train.forward_logits`, calls the model on the batch's inputs. A user who
+    :func:`glorac.outputs.forward_logits`, calls the model on the batch's inputs. A user who
     compiled only a backbone passes the head here, e.g.
     ``FoldedEvaluator(supernet, batches, forward=lambda m, b: head(m(*b.inputs)))``.
     """
@@ -87,7 +88,7 @@ class FoldedEvaluator:
         self.supernet, self.batches = supernet, batches
         self.forward: Forward = forward or forward_logits
         self.scratch = copy.deepcopy(supernet.base_model).eval()
-        self.layers = {n: self.scratch.get_submodule(n) for n in supernet.adapters}
+        self.base_state = supernet.base_model.state_dict()  # the untouched W0, b0 every fold reads
         self.written: dict[str, LayerChoice] = {}  # layer → the choice folded into the scratch copy
 
     def forget(self) -> None:
@@ -100,68 +101,18 @@ class FoldedEvaluator:
             return _score(self.scratch, self.batches, self.forward, None)
 
     def _fold_changed(self, structure: Structure) -> None:
-        for name, adapter in self.supernet.adapters.items():
-            choice = structure.layers[name]
-            if self.written.get(name) == choice:
-                continue
-            source = self.supernet.base_model.get_submodule(name)
-            # Outside inference mode: a bias created here must stay a normal tensor.
-            w, b = adapter.fold(source.weight, source.bias, choice)
-            target = self.layers[name]
-            if b is None and target.bias is not None:
-                target.bias = None  # an earlier candidate created it; this one does not
-            self.written.pop(name, None)  # a failed write must not leave a stale record
-            write_folded_layer(target, w, b)
-            self.written[name] = choice
+        changed = [lp for lp in self.supernet.plan.layers if self.written.get(lp.qualname) != structure.layers[lp.qualname]]
+        # Outside inference mode: a bias created here must stay a normal tensor.
+        for lp, entries, _ in fold_tensors(self.base_state, changed, self.supernet.adapters, structure, probe=False):
+            self.written.pop(lp.qualname, None)  # a failed write must not leave a stale record
+            write_layers(self.scratch, self.supernet.plan, entries, [lp.qualname])
+            self.written[lp.qualname] = structure.layers[lp.qualname]
 
 
 def supernet_accuracy(supernet, batches: list[Batch], structure: Optional[Structure] = None,
                       forward: Forward = forward_logits) -> dict:
     """The same measure through the unfolded supernet (slower; a cross-check)."""
-    if structure is not None:
-        supernet.set_choice(structure)
-    return accuracy(supernet, batches, forward=forward)
-
-
-class SearchProgress:
-    """A rich progress bar for the search: one tick per candidate, with the generation, the
-    best fitness so far and candidates/s. Every method is a no-op when disabled (other
-    ranks, ``--no-progress``), so the caller never branches on it.
-
-    ``total`` is an upper bound (population plus every generation's children): a search
-    that runs out of new structures ends early, and the bar is then closed at what was done.
-    """
-
-    def __init__(self, enabled: bool, total: int, generations: int):
-        self.enabled, self.total, self.generations = enabled, total, generations
-        self.done, self.generation, self.best = 0, -1, float("-inf")
-
-    def __enter__(self) -> "SearchProgress":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn())
-            self.task = self.bar.add_task("search", total=self.total, info="")
-            self.bar.__enter__()
-        return self
-
-    def next_generation(self) -> None:
-        self.generation += 1
-
-    def advance(self, fitness: float, count: int = 1) -> None:
-        """``count`` more candidates evaluated, the best of them scoring ``fitness``."""
-        self.done += count
-        self.best = max(self.best, fitness)
-        if self.enabled:
-            elapsed = self.bar.tasks[0].elapsed or 0.0
-            rate = f"{self.done / elapsed:.2f}" if elapsed > 0 else "-"
-            self.bar.update(self.task, completed=self.done, info=f"gen {self.generation}/{self.generations}  "
-                                                                 f"best {self.best:.4f}  {rate} cand/s")
-
-    def __exit__(self, *exc) -> bool:
-        if self.enabled:
-            if exc[0] is None:
-                self.bar.update(self.task, total=self.done)  # ended early: show it complete
-            self.bar.__exit__(*exc)
-        return False
+    if structure is None:
+        return accuracy(supernet, batches, forward=forward)
+    with supernet.activated(structure):
+        return accuracy(supernet, batches, forward=forward)

@@ -1,0 +1,150 @@
+"""``glorac fold CHECKPOINT -o OUT``: fold a checkpoint into files the stock model loads.
+
+* timm / factory models: one ``.safetensors`` state dict with exactly the base model's
+  keys, shapes and dtypes (plus new ``*.bias`` entries where the spec said ``bias add``),
+  and a sidecar ``OUT.glorac.json``;
+* Hugging Face models: a directory ``from_pretrained`` loads, with ``glorac_fold.json``
+  inside. A local directory loaded as is (one file or shards) is folded file by file
+  (:mod:`.shards`), keeping its layout, its LM head and its tokenizer; any other (a new
+  head, a ``--weights`` file, a hub id) is folded in memory and written by
+  ``save_pretrained``, with the source directory's other files copied.
+
+Nothing is written when anything fails; outputs appear atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..checkpoint import Checkpoint, load_adapters, read_checkpoint, supernet_from
+from ..errors import CheckpointError, FoldError, GloraError
+from ..ir import Structure
+from ..structure_files import read_structure
+from .core import FoldReport, check_finite_adapters
+from .files import FoldSidecar, other_weight_files, write_hf_directory, write_safetensors
+from .model import fold_with_report
+from .shards import INDEX, SourceFiles, base_keys, check_base, check_layers, extra_note, fold_files, source_dir, \
+    trained_by_file_key
+
+
+@dataclass
+class FoldResult:
+    output: Path
+    sidecar: Path
+    report: FoldReport
+    model_name: str
+
+
+def check_fold_output(checkpoint: str, output: str, *, force: bool) -> None:
+    """Refuse before any work: output == input, or an existing output without --force."""
+    src, dst = Path(checkpoint), Path(output)
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise FoldError(f"output {dst} is the checkpoint itself; choose another output path.")
+    if dst.exists() and not force:
+        raise CheckpointError(f"output {dst} already exists; pass --force to overwrite it.")
+
+
+def fold_checkpoint(checkpoint: str, output: str, *, structure: Optional[str] = None, force: bool = False,
+                    verify: bool = True, allow_added_biases: bool = False) -> FoldResult:
+    """Fold the checkpoint's structure (or the one in the ``structure`` file) into ``output``.
+
+    A structure that creates biases in bias-free layers (``bias add``) is refused for
+    Hugging Face models, because ``from_pretrained`` drops biases its config does not
+    declare; ``allow_added_biases=True`` writes them anyway, for other loaders.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    given = read_structure(structure) if structure else None
+    src = source_dir(ckpt.meta.model_ref)
+    if src is None:
+        # In memory: the base model is rebuilt (and its digest checked) first.
+        supernet = supernet_from(ckpt)
+        chosen = _resolve(ckpt, given, structure)
+        _refuse_hf_added_biases(ckpt, chosen, allow_added_biases)
+        return _fold_in_memory(ckpt, supernet, Path(output), chosen, force=force, verify=verify)
+    chosen = _resolve(ckpt, given, structure)
+    _refuse_hf_added_biases(ckpt, chosen, allow_added_biases)
+    out = Path(output)
+    if out.exists() and out.is_dir() and os.path.samefile(out, src):
+        raise FoldError(f"output {out} is the base model directory itself; choose another output path.")
+    return _fold_files(ckpt, src, out, chosen, force=force, verify=verify)
+
+
+def _resolve(ckpt: Checkpoint, given: Optional[Structure], file: Optional[str]) -> Structure:
+    try:
+        return ckpt.meta.plan.resolve_structure(given, ckpt.meta.structure)
+    except GloraError as exc:
+        if file is None:
+            raise
+        raise type(exc)(f"{file}: {exc}") from None
+
+
+def _refuse_hf_added_biases(ckpt: Checkpoint, structure: Structure, allowed: bool) -> None:
+    added = ckpt.meta.plan.added_biases(structure)
+    if ckpt.meta.model_ref.source == "hf" and added and not allowed:
+        raise FoldError(
+            f"`bias add` created biases in {len(added)} bias-free layer(s) (e.g. {added[0]}), but a Hugging "
+            "Face config cannot declare per-layer biases, so from_pretrained would silently drop them. Use "
+            "`bias preserve` for Hugging Face models. Nothing was written.")
+
+
+def _sidecar(ckpt: Checkpoint, structure: Structure, added: list[str], report: FoldReport) -> FoldSidecar:
+    meta = ckpt.meta
+    return FoldSidecar(model_ref=meta.model_ref, structure=structure, added_biases=tuple(added), report=report,
+                       spec_sha256=hashlib.sha256(meta.spec.model_dump_json().encode()).hexdigest())
+
+
+def _fold_in_memory(ckpt: Checkpoint, supernet, out: Path, structure: Structure, *, force: bool,
+                    verify: bool) -> FoldResult:
+    model, report = fold_with_report(supernet, structure, inplace=True, measure=verify)
+    if verify and not report.ok:
+        raise FoldError(report.failure())
+    sidecar = _sidecar(ckpt, structure, ckpt.meta.plan.added_biases(structure), report)
+    ref = ckpt.meta.model_ref
+    if ref.source == "hf":
+        local = Path(ref.name[len("hf:"):].strip()).expanduser()
+
+        def fill(staging: Path) -> FoldSidecar:
+            model.save_pretrained(staging, safe_serialization=True)
+            return sidecar
+
+        side = write_hf_directory(out, fill, force=force, source=local if local.is_dir() else None)
+    else:
+        side = write_safetensors(out, model.state_dict(), sidecar, force=force)
+    return FoldResult(out, side, report, ref.name)
+
+
+def _fold_files(ckpt: Checkpoint, src: Path, out: Path, structure: Structure, *, force: bool,
+                verify: bool) -> FoldResult:
+    if out.exists() and not force:  # before the base weights are streamed
+        raise CheckpointError(f"output {out} already exists; pass --force to overwrite it.")
+    adapters = load_adapters(ckpt)
+    check_finite_adapters(adapters)
+    files = SourceFiles(src)
+    try:
+        keys = base_keys(ckpt.meta.model_ref, files)
+        check_layers(ckpt.meta.plan, keys, files)
+        trained = trained_by_file_key(ckpt.meta.plan, keys, ckpt)
+        base_note = check_base(ckpt, keys, files, verify)
+
+        def fill(staging: Path) -> FoldSidecar:
+            added, report = fold_files(files, staging, ckpt.meta.plan, adapters, structure, keys, trained,
+                                       probe=verify)
+            skipped = other_weight_files(src, set(files.files) | {INDEX})
+            notes = ["file-by-file fold: no model in memory, so the end-to-end error was not measured; each "
+                     "layer's probe delta was checked against the tolerance" if verify
+                     else "file-by-file fold, --no-verify: layer probes skipped", base_note, extra_note(keys),
+                     f"{len(added)} new bias tensor(s) written (bias add, allowed explicitly); from_pretrained "
+                     "drops biases the model's config does not declare" if added else "",
+                     f"other weight files not copied: {', '.join(skipped[:3])}" if skipped else ""]
+            written["report"] = report.model_copy(update={"note": "; ".join(n for n in notes if n) + "."})
+            return _sidecar(ckpt, structure, added, written["report"])
+
+        written: dict[str, FoldReport] = {}
+        side = write_hf_directory(out, fill, force=force, source=src)
+    finally:
+        files.close()
+    return FoldResult(out, side, written["report"], ckpt.meta.model_ref.name)

@@ -1,0 +1,170 @@
+"""What ``glorac fold`` writes: one sidecar model, one writer per output form.
+
+* a single ``.safetensors`` state dict (timm and factory models) with ``OUT.glorac.json``
+  beside it: :func:`write_safetensors`;
+* a Hugging Face directory (``from_pretrained`` loads it) with ``glorac_fold.json``
+  inside: :func:`write_hf_directory`. Whatever filled the weights, every other file of
+  the source directory (tokenizer, generation config, ...) is copied, so a folded
+  directory is as complete as the one it came from.
+
+Both appear atomically: nothing is written when anything fails, and an existing output
+is replaced (with ``force``) only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Literal, Mapping, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from ..ir import Structure
+from ..models import ModelRef
+from ..safeio import atomic_write
+from .core import FoldReport
+
+HF_SIDECAR = "glorac_fold.json"
+#: Files never copied from a source directory: other (unfolded) copies of the weights.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+class FoldSidecar(BaseModel):
+    """What a folded output records about itself (``OUT.glorac.json`` / ``glorac_fold.json``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    glorac_fold: Literal[1] = 1
+    model_ref: ModelRef
+    structure: Structure
+    spec_sha256: str
+    added_biases: tuple[str, ...] = ()
+    report: FoldReport
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def read(cls, path: Path) -> "FoldSidecar":
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"cannot read {path}: {exc}.") from None
+        except ValidationError as exc:
+            raise CheckpointError(f"{path} is not a glorac fold sidecar ({exc.error_count()} problem(s)); "
+                                  "it was damaged or written by another tool. Fold the checkpoint again.") from None
+
+
+def sidecar_path(weights: Path) -> Path:
+    """``m.safetensors`` → ``m.glorac.json``."""
+    return weights.with_name(weights.name.rsplit(".", 1)[0] + ".glorac.json")
+
+
+def plain_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors contiguous, aliased ones copied (safetensors refuses shared storage)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, t in state.items():
+        t = t.detach().contiguous()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        out[key] = t.clone() if ident in seen else t
+        seen.add(ident)
+    return out
+
+
+def write_safetensors(out: Path, state: Mapping[str, torch.Tensor], sidecar: FoldSidecar, *,
+                      force: bool) -> Path:
+    """``out`` and its sidecar as a pair; returns the sidecar's path."""
+    side = sidecar_path(out)
+    if side.exists() and not force:
+        raise CheckpointError(f"{side} already exists; pass --force to overwrite it.")
+
+    def write_both(tmp: Path) -> None:
+        # The weights are complete on disk before the sidecar is replaced, and the weights
+        # are renamed into place only after the sidecar is: a failure in either write
+        # leaves both old files as they were.
+        save_file(plain_state(state), str(tmp), metadata={"format": "pt"})
+        atomic_write(side, lambda t: t.write_text(sidecar.to_json()), force=True)
+
+    atomic_write(out, write_both, force=force)
+    return side
+
+
+def write_hf_directory(out: Path, fill: Callable[[Path], FoldSidecar], *, force: bool,
+                       source: Optional[Path] = None) -> Path:
+    """A Hugging Face directory at ``out``; returns the sidecar's path.
+
+    ``fill(staging)`` writes the weights (and whatever else it owns, e.g. a config) and
+    returns the sidecar that describes them.
+    Then every other file of ``source`` is copied unless ``fill`` wrote one of that
+    name; weight files of ``source`` are never copied (they hold unfolded weights).
+    """
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"output {out} exists and is not a directory; Hugging Face models are "
+                              "written as a directory that from_pretrained loads.")
+    if out.exists() and not force:
+        raise CheckpointError(f"output {out} already exists; pass --force to overwrite it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        sidecar = fill(staging)
+        if source is not None:
+            copy_other_files(source, staging, out)
+        (staging / HF_SIDECAR).write_text(sidecar.to_json(), encoding="utf-8")
+        _replace_dir(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(f"writing {out} failed ({exc}); nothing was written.") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / HF_SIDECAR
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    if out.exists():  # --force: move the old directory aside only once the new one is complete
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def other_weight_files(source: Path, own: set[str]) -> list[str]:
+    """Weight files of ``source`` besides ``own`` (those the fold rewrites): never copied."""
+    return [rel for p in _files(source) if _is_weight_file(p.name)
+            and (rel := p.relative_to(source).as_posix()) not in own]
+
+
+def copy_other_files(source: Path, staging: Path, out: Path) -> None:
+    """Everything in ``source`` but weights (config, generation config, tokenizer, ...),
+    unchanged, where ``staging`` has no file of that name yet.
+
+    Hidden entries (``.git``, caches, staging directories) and an output directory
+    placed inside the source are left out."""
+    out = out.resolve()
+    for path in _files(source):
+        if path.resolve().is_relative_to(out) or path.resolve().is_relative_to(staging.resolve()):
+            continue
+        rel = path.relative_to(source)
+        target = staging / rel
+        if target.exists() or _is_weight_file(path.name) or rel.as_posix() == HF_SIDECAR:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
+def _files(source: Path) -> list[Path]:
+    """Plain files under ``source``, hidden entries (ours included: staging) left out."""
+    return [p for p in sorted(source.rglob("*")) if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(source).parts)]
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")

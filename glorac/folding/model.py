@@ -1,0 +1,121 @@
+"""Fold a supernet in memory (``glorac.fold``): a model of the original module classes only.
+
+The numbers come from :mod:`.core`; this module picks the structure, writes the folded
+tensors into a copy of the base model (or the base model itself) and measures the
+whole model end to end on a probe batch: ``max|Δ| / max|y|`` against the dtype's
+:data:`~glorac.folding.core.TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import FoldError
+from ..ir import Structure
+from ..outputs import output_tensor
+from ..planning import Plan
+from .core import FoldReport, check_finite_adapters, fold_tensors
+
+
+def resolve_structure(supernet, structure: Union[Structure, Mapping, None] = None) -> Structure:
+    """The structure to fold: given (validated; nothing is activated), chosen earlier by
+    search, or implied by one-choice spaces."""
+    if structure is not None and not isinstance(structure, Structure):
+        structure = Structure(layers=dict(structure))
+    return supernet.plan.resolve_structure(structure, supernet.structure)
+
+
+def write_layers(model: nn.Module, plan: Plan, entries: Mapping[str, Tensor], layers) -> None:
+    """Write folded ``entries`` (``<layer>.weight``/``.bias``) into ``model``'s modules.
+
+    A layer whose fold has no bias loses one it holds (one an earlier fold of another
+    structure created: the search's scratch model); a `bias add` layer gains one.
+    """
+    with torch.no_grad():
+        for name in layers:
+            owner = model.get_submodule(name)
+            owner.weight.copy_(entries[f"{name}.weight"])
+            bias = entries.get(f"{name}.bias")
+            if bias is None:
+                if owner.bias is not None and not plan.layer(name).site.has_bias:
+                    owner.bias = None
+            elif owner.bias is None:
+                owner.bias = nn.Parameter(bias.clone(), requires_grad=False)
+            else:
+                owner.bias.copy_(bias)
+
+
+def fold(supernet, structure: Union[Structure, Mapping, None] = None, *, inplace: bool = False,
+         probe: Optional[tuple] = None, verify: bool = False) -> nn.Module:
+    """A model of the original module classes only, with the structure folded in.
+
+    ``inplace=True`` writes into the supernet's base model (no second copy of the
+    weights; the supernet is unusable afterwards). With ``verify=True`` a
+    :class:`FoldReport` is attached as ``model.glorac_fold_report`` and a model whose
+    end-to-end error exceeds the tolerance raises :class:`FoldError`.
+    """
+    model, report = fold_with_report(supernet, structure, inplace=inplace, probe=probe, measure=verify)
+    if verify and not report.ok:
+        raise FoldError(report.failure())
+    model.glorac_fold_report = report
+    return model
+
+
+def fold_with_report(supernet, structure: Union[Structure, Mapping, None] = None, *, inplace: bool = False,
+                     probe: Optional[tuple] = None, measure: bool = True) -> tuple[nn.Module, FoldReport]:
+    """(folded model, report); ``measure`` runs the per-layer and end-to-end probes."""
+    structure = resolve_structure(supernet, structure)
+    check_finite_adapters(supernet.adapters)
+    base = supernet.base_model
+    probe = default_probe(base) if probe is None and measure else probe
+    adapted_out = None
+    if measure and probe is not None:
+        with supernet.activated(structure):
+            adapted_out = _run(supernet, probe)
+    # With inplace, each layer's W0 and b0 are read (and probed) before that layer is
+    # written, and no two adapted layers share a weight, so the live state is safe to read.
+    state = base.state_dict()
+    model = base if inplace else copy.deepcopy(base)
+    rows = []
+    for lp, entries, row in fold_tensors(state, supernet.plan.layers, supernet.adapters, structure, probe=measure):
+        write_layers(model, supernet.plan, entries, [lp.qualname])
+        rows.append(row)
+    model.eval()
+    report = FoldReport.of(rows, next(model.parameters()).dtype)
+    if adapted_out is not None:
+        abs_err = (_run(model, probe) - adapted_out).abs().max().item()
+        report = report.model_copy(update={"max_abs_error": abs_err,
+                                           "rel_error": abs_err / max(adapted_out.abs().max().item(), 1e-12)})
+    elif measure:
+        report = report.model_copy(update={"note": "no probe input known for this model: end-to-end "
+                                                   "error not measured (per-layer deltas are)"})
+    return model, report
+
+
+def _run(model: nn.Module, probe: tuple) -> torch.Tensor:
+    with torch.no_grad():
+        return output_tensor(model(*probe)).double()
+
+
+def default_probe(model: nn.Module, batch: int = 2) -> Optional[tuple]:
+    """A deterministic input for a timm image model or a Hugging Face text model."""
+    g = torch.Generator().manual_seed(0)
+    param = next(model.parameters())
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and "input_size" in cfg:
+        size = tuple(cfg["input_size"])
+        # A timm model built with img_size=... differs from its config's default size.
+        own = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if own is not None:
+            size = (size[0], *own)
+        return (torch.randn(batch, *size, generator=g).to(param.device, param.dtype),)
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if vocab:
+        ids = torch.randint(1, vocab, (batch, 16), generator=g).to(param.device)
+        return (ids,)
+    return None

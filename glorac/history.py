@@ -1,0 +1,52 @@
+"""What the run-time stages record about a supernet, saved with it in every checkpoint.
+
+Each stage writes its own record into :attr:`glorac.supernet.Supernet.history`:
+training (progress and the settings it ran with, so ``--resume`` continues the same
+run), search (what was found, under which budget), fine-tuning (where it started).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from .ir import SearchSettings, TrainSettings
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class TrainRecord(_Record):
+    """Where a training run stands: enough to resume it bit-exactly (with the saved tensors)."""
+
+    step: int
+    epochs_done: int
+    # Logged metrics, one dict per log line. (Version-2 checkpoints called it `history`.)
+    log: list[dict[str, Any]] = Field(default_factory=list, validation_alias=AliasChoices("log", "history"))
+    settings: TrainSettings
+    world: int = 1
+    param_groups: list[dict[str, Any]] = Field(default_factory=list)  # the optimizer's, without params
+
+
+class SearchRecord(_Record):
+    budget: Optional[int]
+    best_accuracy: float
+    best_params: int
+    evaluated: int
+    settings: SearchSettings
+    data: str
+
+
+class FinetuneRecord(_Record):
+    source: str = Field(validation_alias=AliasChoices("source", "from"))  # the checkpoint fine-tuned
+    structure: str  # the structure file, or "selected in the checkpoint"
+    data: str
+    supernet_train: Optional[TrainRecord] = None  # the supernet run's record, kept
+
+
+class RunHistory(_Record):
+    train: Optional[TrainRecord] = None
+    search: Optional[SearchRecord] = None
+    finetune: Optional[FinetuneRecord] = None

@@ -1,0 +1,126 @@
+"""The run-time stages on objects: ``glorac.train``, ``glorac.search``, ``glorac.evaluate``.
+
+Each takes a supernet (or a model) and a :class:`~glorac.data.TaskData` and returns a
+typed result; nothing is read from or written to a path unless asked (``output=``).
+The path-based functions in :mod:`glorac.workflow`, which the CLI calls, are thin
+shells over these. Under ``torchrun`` pass the :class:`~glorac.distributed.Dist` of
+this rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .data import TaskData, check_num_classes, require_split
+from .distributed import Dist, all_gather_objects
+from .progress import SearchProgress
+from .scoring import FoldedEvaluator, Forward, accuracy, cached_batches
+from .history import SearchRecord
+from .ir import Budget, SearchSettings, Structure, TrainSettings
+from .outputs import forward_logits
+from .evolution import SearchResult, evolve
+
+
+def head_size(model: nn.Module) -> Optional[int]:
+    """How many classes the model's own head scores (None when it has no known head)."""
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    return getattr(getattr(model, "config", None), "num_labels", None)
+
+
+def check_head(model: nn.Module, data: TaskData) -> None:
+    """The data's classes must be the model's outputs (when the model says how many)."""
+    n = head_size(model)
+    if n is not None:
+        check_num_classes(data, n)
+
+
+def train(supernet, data: TaskData, settings: Optional[TrainSettings] = None, *,
+          structure: Optional[Structure] = None, output: Optional[Union[str, Path]] = None,
+          dist: Dist = Dist(), progress: bool = True):
+    """Train the supernet (or, with ``structure``, fine-tune that one structure) on the
+    train split; returns the :class:`~glorac.trainer.TrainState`.
+
+    ``settings`` default to the spec's. ``output``: a checkpoint written at every epoch end
+    (and on Ctrl-C); without it nothing is written. Progress lands in ``supernet.history``.
+    """
+    from .trainer import Trainer
+
+    check_head(supernet.base_model, data)
+    require_split(data, "train")
+    trainer = Trainer(supernet, data, settings or supernet.spec.training, dist, output, progress=progress,
+                      structure=structure)
+    return trainer.fit()
+
+
+def search(supernet, data: TaskData, *, budget: Optional[int] = None, settings: Optional[SearchSettings] = None,
+           batch_size: int = 64, dist: Dist = Dist(), progress: bool = True,
+           forward: Optional[Forward] = None, data_name: str = "") -> SearchResult:
+    """Evolutionary search on the val split under the plan's budget; selects the best.
+
+    ``budget`` (adapter parameters) overrides the plan's and is written into it, so the
+    supernet (and any checkpoint saved from it) records the budget searched under.
+    ``forward(model, batch) -> logits`` for a supernet compiled from a backbone alone.
+    """
+    if budget is not None:
+        old = supernet.plan.budget
+        supernet.plan = supernet.plan.with_budget(Budget(params=budget, include_trained=bool(
+            old and old.include_trained)))
+    settings = settings or supernet.spec.search
+    check_head(supernet.base_model, data)
+    require_split(data, "val")  # the search never looks at the test split
+    batches = cached_batches(data, "val", batch_size, dist.device)
+    evaluator = FoldedEvaluator(supernet, batches, forward=forward)
+    plan = supernet.plan
+    most = settings.population + settings.generations * (settings.mutations + settings.crossovers)
+    bar = SearchProgress(progress and dist.main, most, settings.generations)
+    geoms = {n: a.geom for n, a in supernet.adapters.items()}
+    with bar:
+        result = evolve(supernet.spaces(), geoms, budget=plan.budget.params if plan.budget else None,
+                        settings=settings, evaluate=_sharded_evaluate(evaluator, bar, dist),
+                        extra_params=plan.counted_extra)
+    supernet.select(result.best.structure)
+    record = SearchRecord(budget=result.budget, best_accuracy=result.best.fitness, best_params=result.best.params,
+                          evaluated=len(result.evaluated), settings=settings, data=data_name or data.source)
+    supernet.history = supernet.history.model_copy(update={"search": record})
+    return result
+
+
+def _sharded_evaluate(evaluator: FoldedEvaluator, bar: SearchProgress,
+                      dist: Dist) -> Callable[[list[Structure]], list[float]]:
+    """evolve()'s evaluate: this rank's share of each generation, gathered from every rank."""
+
+    def evaluate(structures: list[Structure]) -> list[float]:
+        bar.next_generation()  # evolve() calls this once per generation; the bar ticks per candidate
+        mine: dict[int, float] = {}
+        for i, s in enumerate(structures):
+            if i % dist.world == dist.rank:
+                mine[i] = evaluator(s)["accuracy"]
+                bar.advance(mine[i])
+        merged: dict[int, float] = {}
+        for part in all_gather_objects(dist, mine):
+            merged.update(part)
+        others = [v for i, v in merged.items() if i not in mine]
+        if others:  # the other ranks' share of this generation
+            bar.advance(max(others), count=len(others))
+        return [merged[i] for i in range(len(structures))]
+
+    return evaluate
+
+
+def evaluate(model: nn.Module, data: TaskData, split: str = "test", *, batch_size: int = 64,
+             device: Union[str, torch.device] = "cpu", forward: Forward = forward_logits) -> dict:
+    """{"accuracy", "loss", "correct", "n"} of a folded model or a supernet (its active
+    structure) on one split."""
+    from .supernet import Supernet
+
+    check_head(model.base_model if isinstance(model, Supernet) else model, data)
+    require_split(data, split)
+    batches = cached_batches(data, split, batch_size, torch.device(device))
+    return accuracy(model, batches, data.num_classes, forward=forward)
+
