@@ -26,9 +26,16 @@ from ..ir import Structure
 from ..structure_files import read_structure
 from .core import FoldReport, check_finite_adapters
 from .files import FoldSidecar, other_weight_files, write_hf_directory, write_safetensors
-from .model import fold_with_report
+from ..models import resolve_model
+from .model import adapted_probe, default_probe, fold_with_report, run_probe
 from .shards import INDEX, SourceFiles, base_keys, check_base, check_layers, extra_note, fold_files, source_dir, \
     trained_by_file_key
+
+
+#: Below this many bytes of weights a file-by-file fold is also checked end to end: the
+#: supernet and the written directory are both built and compared on a probe batch
+#: (the whole-model fold's check). Above it the fold never holds the model at all.
+END_TO_END_BYTES = 1 << 30
 
 
 @dataclass
@@ -91,6 +98,33 @@ def _refuse_hf_added_biases(ckpt: Checkpoint, structure: Structure, allowed: boo
             "`bias preserve` for Hugging Face models. Nothing was written.")
 
 
+def _end_to_end(ckpt: Checkpoint, structure: Structure, staging: Path, report: FoldReport) -> FoldReport:
+    """The report with the whole-model check: the written directory against the supernet."""
+    supernet = supernet_from(ckpt)
+    probe = default_probe(supernet.base_model)
+    want = None if probe is None else adapted_probe(supernet, structure, probe)
+    if want is None:
+        return report
+    folded, _ = resolve_model(f"hf:{staging}")
+    abs_err = (run_probe(folded, probe) - want).abs().max().item()
+    report = report.model_copy(update={"max_abs_error": abs_err,
+                                       "rel_error": abs_err / max(want.abs().max().item(), 1e-12)})
+    if not report.ok:
+        raise FoldError(report.failure())
+    return report
+
+
+def _verify_note(verify: bool, report: FoldReport, small: bool, added: bool) -> str:
+    if not verify:
+        return "file-by-file fold, --no-verify: layer probes skipped"
+    if report.rel_error is not None:
+        return "file-by-file fold; end to end measured on the written directory"
+    why = ("the model is too large to hold twice" if not small else
+           "from_pretrained drops the added biases" if added else "no probe input is known for this model")
+    return (f"file-by-file fold: {why}, so the end-to-end error was not measured; each layer's probe delta "
+            "was checked against the tolerance")
+
+
 def _sidecar(ckpt: Checkpoint, structure: Structure, added: list[str], report: FoldReport) -> FoldSidecar:
     meta = ckpt.meta
     return FoldSidecar(model_ref=meta.model_ref, structure=structure, added_biases=tuple(added), report=report,
@@ -107,11 +141,8 @@ def _fold_in_memory(ckpt: Checkpoint, supernet, out: Path, structure: Structure,
     if ref.source == "hf":
         local = Path(ref.name[len("hf:"):].strip()).expanduser()
 
-        def fill(staging: Path) -> FoldSidecar:
-            model.save_pretrained(staging, safe_serialization=True)
-            return sidecar
-
-        side = write_hf_directory(out, fill, force=force, source=local if local.is_dir() else None)
+        side = write_hf_directory(out, lambda staging: model.save_pretrained(staging, safe_serialization=True),
+                                  lambda _: sidecar, force=force, source=local if local.is_dir() else None)
     else:
         side = write_safetensors(out, model.state_dict(), sidecar, force=force)
     return FoldResult(out, side, report, ref.name)
@@ -130,21 +161,27 @@ def _fold_files(ckpt: Checkpoint, src: Path, out: Path, structure: Structure, *,
         trained = trained_by_file_key(ckpt.meta.plan, keys, ckpt)
         base_note = check_base(ckpt, keys, files, verify)
 
-        def fill(staging: Path) -> FoldSidecar:
-            added, report = fold_files(files, staging, ckpt.meta.plan, adapters, structure, keys, trained,
-                                       probe=verify)
+        written: dict = {}
+
+        def fill(staging: Path) -> None:
+            written["added"], written["report"] = fold_files(files, staging, ckpt.meta.plan, adapters, structure,
+                                                             keys, trained, probe=verify)
+
+        def describe(staging: Path) -> FoldSidecar:
+            added, report = written["added"], written["report"]
+            small = sum((src / f).stat().st_size for f in files.files) <= END_TO_END_BYTES
+            if verify and small and not added:  # from_pretrained drops added biases: nothing to compare
+                report = _end_to_end(ckpt, structure, staging, report)
             skipped = other_weight_files(src, set(files.files) | {INDEX})
-            notes = ["file-by-file fold: no model in memory, so the end-to-end error was not measured; each "
-                     "layer's probe delta was checked against the tolerance" if verify
-                     else "file-by-file fold, --no-verify: layer probes skipped", base_note, extra_note(keys),
+            notes = [_verify_note(verify, report, small, bool(added)),
+                     base_note, extra_note(keys),
                      f"{len(added)} new bias tensor(s) written (bias add, allowed explicitly); from_pretrained "
                      "drops biases the model's config does not declare" if added else "",
                      f"other weight files not copied: {', '.join(skipped[:3])}" if skipped else ""]
             written["report"] = report.model_copy(update={"note": "; ".join(n for n in notes if n) + "."})
             return _sidecar(ckpt, structure, added, written["report"])
 
-        written: dict[str, FoldReport] = {}
-        side = write_hf_directory(out, fill, force=force, source=src)
+        side = write_hf_directory(out, fill, describe, force=force, source=src)
     finally:
         files.close()
     return FoldResult(out, side, written["report"], ckpt.meta.model_ref.name)

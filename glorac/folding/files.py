@@ -95,12 +95,12 @@ def write_safetensors(out: Path, state: Mapping[str, torch.Tensor], sidecar: Fol
     return side
 
 
-def write_hf_directory(out: Path, fill: Callable[[Path], FoldSidecar], *, force: bool,
-                       source: Optional[Path] = None) -> Path:
+def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callable[[Path], FoldSidecar], *,
+                       force: bool, source: Optional[Path] = None) -> Path:
     """A Hugging Face directory at ``out``; returns the sidecar's path.
 
-    ``fill(staging)`` writes the weights (and whatever else it owns, e.g. a config) and
-    returns the sidecar that describes them.
+    ``fill(staging)`` writes the weights (and whatever else it owns, e.g. a config);
+    ``describe(staging)``, called on the complete directory, returns its sidecar.
     Then every other file of ``source`` is copied unless ``fill`` wrote one of that
     name; weight files of ``source`` are never copied (they hold unfolded weights).
     """
@@ -112,10 +112,10 @@ def write_hf_directory(out: Path, fill: Callable[[Path], FoldSidecar], *, force:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        sidecar = fill(staging)
+        fill(staging)
         if source is not None:
             copy_other_files(source, staging, out)
-        (staging / HF_SIDECAR).write_text(sidecar.to_json(), encoding="utf-8")
+        (staging / HF_SIDECAR).write_text(describe(staging).to_json(), encoding="utf-8")
         _replace_dir(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

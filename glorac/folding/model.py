@@ -71,11 +71,12 @@ def fold_with_report(supernet, structure: Union[Structure, Mapping, None] = None
     structure = resolve_structure(supernet, structure)
     check_finite_adapters(supernet.adapters)
     base = supernet.base_model
-    probe = default_probe(base) if probe is None and measure else probe
+    guessed = probe is None
+    probe = default_probe(base) if guessed and measure else probe
     adapted_out = None
     if measure and probe is not None:
-        with supernet.activated(structure):
-            adapted_out = _run(supernet, probe)
+        # A probe the caller gave must run; only a guessed one may not suit the model.
+        adapted_out = adapted_probe(supernet, structure, probe, guessed=guessed)
     # With inplace, each layer's W0 and b0 are read (and probed) before that layer is
     # written, and no two adapted layers share a weight, so the live state is safe to read.
     state = base.state_dict()
@@ -87,7 +88,7 @@ def fold_with_report(supernet, structure: Union[Structure, Mapping, None] = None
     model.eval()
     report = FoldReport.of(rows, next(model.parameters()).dtype)
     if adapted_out is not None:
-        abs_err = (_run(model, probe) - adapted_out).abs().max().item()
+        abs_err = (run_probe(model, probe) - adapted_out).abs().max().item()
         report = report.model_copy(update={"max_abs_error": abs_err,
                                            "rel_error": abs_err / max(adapted_out.abs().max().item(), 1e-12)})
     elif measure:
@@ -96,7 +97,20 @@ def fold_with_report(supernet, structure: Union[Structure, Mapping, None] = None
     return model, report
 
 
-def _run(model: nn.Module, probe: tuple) -> torch.Tensor:
+def adapted_probe(supernet, structure: Structure, probe: tuple, *, guessed: bool = True) -> Optional[torch.Tensor]:
+    """The supernet's output under ``structure`` on ``probe``; None when a ``guessed``
+    probe does not suit the model (an encoder-decoder needs more than input ids)."""
+    try:
+        with supernet.activated(structure):
+            return run_probe(supernet, probe)
+    except (TypeError, ValueError):
+        if not guessed:
+            raise
+        return None
+
+
+def run_probe(model: nn.Module, probe: tuple) -> torch.Tensor:
+    """The model's main output on ``probe``, in float64."""
     with torch.no_grad():
         return output_tensor(model(*probe)).double()
 
