@@ -127,12 +127,42 @@ class Origin(_Frozen):
         return f"{self.file}:{self.line}:{self.column}"
 
 
+class PatternInfo(_Frozen):
+    """Where one pattern of a rule was written, and whether it may match nothing.
+
+    ``optional`` is the spec's ``"..."?``: a pattern for other architectures, which the
+    plan does not require to match. ``origin`` is the pattern's string (its opening quote).
+    """
+
+    origin: Optional[Origin] = None
+    optional: bool = False
+
+
+def _aligned(info: tuple[PatternInfo, ...], patterns: tuple[str, ...], what: str) -> None:
+    if info and len(info) != len(patterns):
+        raise ValueError(f"{what} has {len(info)} entries for {len(patterns)} patterns")
+
+
 class Selector(_Frozen):
-    """Which layers a rule applies to: dotted-name globs, a type filter and exclusions."""
+    """Which layers a rule applies to: dotted-name globs, a type filter and exclusions.
+
+    ``pattern_info`` and ``exclude_info`` hold one entry per pattern of ``patterns`` and
+    ``exclude`` (its position, whether it is optional). They are empty in IR written before
+    they existed (and in selectors built by hand): the plan then checks the rule as a
+    whole, as it did then, instead of each pattern.
+    """
 
     patterns: tuple[str, ...]
     types: tuple[Literal["Linear", "Conv2d", "Conv1x1"], ...] = ()
     exclude: tuple[str, ...] = ()
+    pattern_info: tuple[PatternInfo, ...] = ()
+    exclude_info: tuple[PatternInfo, ...] = ()
+
+    @model_validator(mode="after")
+    def _info_per_pattern(self) -> "Selector":
+        _aligned(self.pattern_info, self.patterns, "pattern_info")
+        _aligned(self.exclude_info, self.exclude, "exclude_info")
+        return self
 
 
 class Rule(_Frozen):
@@ -150,10 +180,19 @@ class Rule(_Frozen):
 
 
 class TrainRule(_Frozen):
-    """Modules whose own parameters train fully (typically the new classifier head)."""
+    """Modules whose own parameters train fully (typically the new classifier head).
+
+    ``pattern_info``: one entry per pattern, as in :class:`Selector` (empty in older IR).
+    """
 
     patterns: tuple[str, ...]
     origin: Origin
+    pattern_info: tuple[PatternInfo, ...] = ()
+
+    @model_validator(mode="after")
+    def _info_per_pattern(self) -> "TrainRule":
+        _aligned(self.pattern_info, self.patterns, "pattern_info")
+        return self
 
 
 class Budget(_Frozen):

@@ -200,6 +200,15 @@ class GloraAdapter(nn.Module):
             acc = wc if acc is None else acc + wc
         return acc
 
+    def effective_weight(self, weight: Tensor, choice: Optional[LayerChoice] = None) -> Tensor:
+        """W′ = W0 + W0⊙A + B under ``choice`` (default: the selected one), differentiable."""
+        return self._effective_weight(weight, self._kinds if choice is None else self._compile(choice))
+
+    def effective_bias(self, weight: Tensor, bias: Optional[Tensor],
+                       choice: Optional[LayerChoice] = None) -> Optional[Tensor]:
+        """b′ = b0 + b0⊙D + E + W0·C under ``choice`` (None when there is none), differentiable."""
+        return self._effective_bias(weight, bias, self._kinds if choice is None else self._compile(choice))
+
     # --------------------------------------------------------------- forward
     def _base_op(self, x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
         if self.conv is None:
@@ -313,32 +322,96 @@ def _reduce_to(t: Tensor, shape) -> Tensor:
 
 
 # ---------------------------------------------------------------- module front end
-class GloraLinear(nn.Module):
-    """An ``nn.Linear`` plus its adapter; the base stays a submodule, untouched."""
+class _GloraLayer(nn.Module):
+    """An adapted layer in place of the original module: ``base`` stays a submodule, untouched.
+
+    Code that reads the layer's parameters instead of calling it (``F.linear(x,
+    self.qkv.weight, bias)`` in BEiT, ``self.out_proj.weight`` in nn.MultiheadAttention,
+    ``self.wo.weight.dtype`` in T5) gets the *adapted* values: ``weight`` and ``bias`` are
+    W′ and b′ of the active choice (computed, differentiable), so such reads never bypass
+    the adapter and metadata (dtype, shape, device) stays that of the base. Any other
+    attribute (``in_features``, ``kernel_size``, ...) is the base module's.
+    """
+
+    def __init__(self, base: nn.Module, adapter: GloraAdapter):
+        super().__init__()
+        self.base, self.adapter = base, adapter
+
+    @property
+    def weight(self) -> Tensor:
+        return self.adapter.effective_weight(self.base.weight)
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        return self.adapter.effective_bias(self.base.weight, self.base.bias)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("base", "adapter") or "base" not in self._modules:
+                raise
+            return getattr(self._modules["base"], name)
+
+
+class GloraLinear(_GloraLayer):
+    """An ``nn.Linear`` plus its adapter."""
 
     def __init__(self, base: nn.Linear, adapter: GloraAdapter):
-        super().__init__()
         if adapter.layer != "linear" or adapter.geom != Geometry.linear(base.in_features, base.out_features):
             raise PlanError(f"adapter ({adapter.extra_repr()}) does not fit {base}")
-        self.base, self.adapter = base, adapter
+        super().__init__(base, adapter)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.adapter(x, self.base.weight, self.base.bias)
 
 
-class GloraConv2d(nn.Module):
-    """An ``nn.Conv2d`` plus its adapter; stride/padding/dilation/groups come from the base."""
+class GloraConv2d(_GloraLayer):
+    """An ``nn.Conv2d`` (or timm's ``Conv2dSame``) plus its adapter; stride, padding,
+    dilation and groups come from the base."""
 
     def __init__(self, base: nn.Conv2d, adapter: GloraAdapter):
-        super().__init__()
         if base.padding_mode != "zeros":
             raise PlanError(f"{base}: padding_mode={base.padding_mode!r} is not supported (only 'zeros')")
         if adapter.layer != "conv2d" or adapter.geom != _conv_geometry(base) or adapter.conv != _conv_params(base):
             raise PlanError(f"adapter ({adapter.extra_repr()}, conv={adapter.conv}) does not fit {base}")
-        self.base, self.adapter = base, adapter
+        super().__init__(base, adapter)
+        # Conv2dSame pads the input at run time ("same" for its stride), then convolves
+        # with padding 0: the adapter does the convolution, the padding stays the base's.
+        self._same = same_padding_conv(base)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._same:
+            from timm.layers.padding import pad_same
+
+            x = pad_same(x, self.base.kernel_size, self.base.stride, self.base.dilation)
         return self.adapter(x, self.base.weight, self.base.bias)
+
+
+def same_padding_conv(module: nn.Module) -> bool:
+    """Whether ``module`` is timm's Conv2dSame (run-time "same" padding, then a plain conv)."""
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+    except ImportError:  # timm is a dependency, but a user model must not need it
+        return False
+    return type(module) is Conv2dSame
+
+
+def unsupported_subclass(module: nn.Module) -> Optional[str]:
+    """Why a Linear/Conv2d subclass cannot be adapted exactly (None when it can).
+
+    A subclass with its own forward computes something else than F.linear/F.conv2d of
+    its weight (weight standardisation, run-time padding, quantisation...): computing it
+    as the plain op would be silently wrong, and a folded weight might not reproduce it.
+    """
+    base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
+    forward_of = getattr(type(module), "_conv_forward", None) if base is nn.Conv2d else None
+    own_forward = type(module).forward is not base.forward
+    own_conv = base is nn.Conv2d and forward_of is not nn.Conv2d._conv_forward
+    if not (own_forward or own_conv) or same_padding_conv(module):
+        return None
+    return (f"{type(module).__name__} computes its own forward (not a plain {base.__name__}); "
+            "adapting it as one would change its output")
 
 
 def _conv_geometry(conv: nn.Conv2d) -> Geometry:

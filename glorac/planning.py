@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Iterable, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +37,9 @@ class Site(BaseModel):
     groups: int = 1
     has_bias: bool
     functional: bool = False
+    # The forward passes a bias built from other parameters (BEiT's q_bias/v_bias), not
+    # the layer's own: b′ would have no place to be folded into, so C, D, E are dropped.
+    computed_bias: bool = False
     unsupported: Optional[str] = None  # why glorac cannot adapt it, if it cannot
 
     @property
@@ -219,15 +223,28 @@ def rule_selects(rule: Rule, site: Site) -> bool:
     sel = rule.selector
     return (
         matches_any(sel.patterns, site.qualname)
-        and (not sel.types or any(site.is_type(t) for t in sel.types))
+        and _of_type(rule, site)
         and not matches_any(sel.exclude, site.qualname)
     )
 
 
-def resolve_rules(spec: Spec, sites: list[Site]) -> tuple[list[LayerPlan], list[tuple[str, str]]]:
+def _of_type(rule: Rule, site: Site) -> bool:
+    """Whether the rule's `type` filter (if any) lets ``site`` through."""
+    types = rule.selector.types
+    return not types or any(site.is_type(t) for t in types)
+
+
+def resolve_rules(spec: Spec, sites: list[Site], modules: Mapping[str, str] = {}
+                  ) -> tuple[list[LayerPlan], list[tuple[str, str]]]:
     """(adapted layers, skipped (name, why)): the last matching rule wins per site.
 
-    Raises PlanError naming every rule that matches no site."""
+    Raises PlanError naming every pattern that selects nothing: each pattern of a rule
+    must select a layer (of the `type` filter's types, not removed by `except`), and each
+    `except` pattern one of the layers the rule's patterns select, unless it is optional
+    (``"..."?``). ``modules`` (every module's name → its type name) lets the error say when
+    a pattern names modules that exist but are not sites (an HF Conv1D, a container).
+    A selector without per-pattern data (IR written before it existed) is checked as a
+    whole, as it was then: the rule must select some layer."""
     hits = {id(rule): 0 for rule in spec.rules}
     layers, skipped = [], []
     for site in sites:
@@ -247,10 +264,33 @@ def resolve_rules(spec: Spec, sites: list[Site]) -> tuple[list[LayerPlan], list[
             continue
         layers.append(LayerPlan(site=site, space=space, space_name=winner.space_name,
                                 rule=winner.origin, notes=tuple(notes)))
-    problems = [_no_match_message(r, sites) for r in spec.rules if hits[id(r)] == 0]
+    problems = [p for r in spec.rules for p in _rule_problems(r, sites, modules, hits[id(r)])]
     if problems:
         raise PlanError("\n".join(problems))
     return layers, skipped
+
+
+def _rule_problems(rule: Rule, sites: list[Site], modules: Mapping[str, str], hits: int) -> list[str]:
+    """One message per required pattern (or `except` pattern) of ``rule`` that selects nothing."""
+    sel = rule.selector
+    if not sel.pattern_info:  # IR from before per-pattern data: the rule as a whole
+        return [] if hits else [_no_match_message(rule, sites, modules)]
+    typed = [s for s in sites if _of_type(rule, s)]
+    problems = []
+    for pattern, info in zip(sel.patterns, sel.pattern_info):
+        kept = [s for s in typed if matches_any((pattern,), s.qualname)
+                and not matches_any(sel.exclude, s.qualname)]
+        if not kept and not info.optional:
+            problems.append(_no_match_message(rule, sites, modules, pattern, info.origin))
+    selected = [s for s in typed if matches_any(sel.patterns, s.qualname)]
+    if not selected:  # the rule selects nothing (its patterns are optional, or reported above)
+        return problems
+    for i, pattern in enumerate(sel.exclude):
+        info = sel.exclude_info[i] if sel.exclude_info else None
+        if (info is None or not info.optional) and not any(matches_any((pattern,), s.qualname)
+                                                            for s in selected):
+            problems.append(_except_message(rule, pattern, info and info.origin, sites, selected))
+    return problems
 
 
 def apply_policies(space: Space, site: Site, bias: str) -> tuple[Space, list[str]]:
@@ -258,7 +298,10 @@ def apply_policies(space: Space, site: Site, bias: str) -> tuple[Space, list[str
     geom, notes, fields = site.geometry, [], {}
     limits = {"A": min(geom.out, geom.fan_in), "B": min(geom.out, geom.fan_in), "C": geom.c_len}
     for t, kinds in space.items():
-        if not site.has_bias and t in "CDE" and kinds != (NONE,):
+        if site.computed_bias and t in "CDE" and kinds != (NONE,):
+            kinds = (NONE,)
+            notes.append(f"{t} dropped: the forward computes this layer's bias from other parameters")
+        elif not site.has_bias and t in "CDE" and kinds != (NONE,):
             if t == "D" or bias == "preserve":
                 kinds = (NONE,)
                 why = "nothing to scale" if t == "D" else "bias preserve"
@@ -283,30 +326,143 @@ def _limit_ranks(kinds: tuple[Kind, ...], limit: int) -> tuple[tuple[Kind, ...],
     return tuple(out), lowered
 
 
-def _no_match_message(rule: Rule, sites: list[Site]) -> str:
+_OPTIONAL_HINT = ("a pattern meant only for other architectures can be marked optional with "
+                  "a `?` after its closing quote")
+
+
+def _no_match_message(rule: Rule, sites: list[Site], modules: Mapping[str, str] = {},
+                      pattern: Optional[str] = None, where: Optional[Origin] = None) -> str:
+    """Why ``pattern`` of ``rule`` selects no layer (``pattern`` None: why the rule selects
+    none, for IR without per-pattern data), with the closest real names."""
     sel = rule.selector
-    names = [s.qualname for s in sites if not sel.types or any(s.is_type(t) for t in sel.types)]
-    probe = sel.patterns[0].replace("**", "").replace("*", "0")
-    close = difflib.get_close_matches(probe, names, n=4, cutoff=0.0) if names else []
+    names = [s.qualname for s in sites if _of_type(rule, s)]
     types = f" of type {'|'.join(sel.types)}" if sel.types else ""
+    if pattern is None:
+        close = _closest(sel.patterns[0], names)
+        listing = ", ".join(close) if close else "(the model has no such layers)"
+        return (f"{rule.origin}: rule `{rule.action} {', '.join(sel.patterns)}` matches no layer{types} "
+                f"of this model. Closest layer names: {listing}. Check the pattern (globs match the "
+                f"whole dotted name) or whether the spec is for another architecture.")
+    head = f"{where or rule.origin}: pattern \"{pattern}\" (in `{_rule_text(rule)}` at {rule.origin})"
+    named = [s for s in sites if matches_any((pattern,), s.qualname)]
+    typed = [s for s in named if _of_type(rule, s)]
+    if typed:  # all of them are removed by the rule's `except`
+        return (f"{head} selects only layers that the rule's `except` removes "
+                f"({_some(s.qualname for s in typed)}), so it selects nothing. Remove the pattern "
+                f"or narrow the `except`.")
+    if named:
+        listing = _some(f"{s.qualname}: {s.type} {s.shape}" for s in named)
+        return (f"{head} matches no layer{types} of this model: the layers it matches are of other "
+                f"types ({listing}). Change the `type` filter, or the pattern.")
+    found = _unsupported_modules(pattern, modules, {s.qualname for s in sites})
+    if found:
+        inside = [s.qualname for s in sites if _of_type(rule, s)
+                  and any(s.qualname.startswith(m + ".") for m in found)]
+        close = _closest(pattern, names)
+        if inside:
+            nearby = f" The layers inside them are e.g. {', '.join(inside[:3])}; \"{pattern}.**\" selects those."
+        else:
+            nearby = f" Closest layer names: {', '.join(close) if close else '(the model has no such layers)'}."
+        return (f"{head} matches {_by_type(found)}, which glorac cannot adapt: only nn.Linear and "
+                f"nn.Conv2d layers (and functional F.linear weights) are sites.{nearby}")
+    close = _closest(pattern, names)
     listing = ", ".join(close) if close else "(the model has no such layers)"
-    return (f"{rule.origin}: rule `{rule.action} {', '.join(sel.patterns)}` matches no layer{types} "
-            f"of this model. Closest layer names: {listing}. Check the pattern (globs match the "
-            f"whole dotted name) or whether the spec is for another architecture.")
+    return (f"{head} matches no layer{types} of this model. Closest layer names: {listing}. Check "
+            f"the pattern (globs match the whole dotted name) or whether the spec is for another "
+            f"architecture; {_OPTIONAL_HINT}.")
+
+
+def _except_message(rule: Rule, pattern: str, where: Optional[Origin], sites: list[Site],
+                    selected: list[Site]) -> str:
+    """Why an `except` pattern removes nothing from what its rule selects."""
+    head = (f"{where or rule.origin}: `except` pattern \"{pattern}\" (in `{_rule_text(rule)}` at "
+            f"{rule.origin}) matches none of the {len(selected)} layer(s) the rule selects, "
+            f"so it removes nothing.")
+    elsewhere = [s.qualname for s in sites if matches_any((pattern,), s.qualname)]
+    if elsewhere:
+        return (f"{head} It matches {_some(elsewhere)}, which the rule's patterns"
+                f"{' and type filter' if rule.selector.types else ''} do not select.")
+    close = _closest(pattern, [s.qualname for s in selected])
+    return (f"{head} Closest selected layer names: {', '.join(close)}. Check the pattern, or mark it "
+            f"optional with a `?` after its closing quote.")
+
+
+def _rule_text(rule: Rule) -> str:
+    """The rule as written, without its space: `adapt "a", "b"? type Linear except "c"`."""
+    sel = rule.selector
+
+    def quoted(patterns, info) -> str:
+        return ", ".join(f'"{p}"' + ("?" if info and info[i].optional else "") for i, p in enumerate(patterns))
+
+    text = f"{rule.action} {quoted(sel.patterns, sel.pattern_info)}"
+    if sel.types:
+        text += " type " + " | ".join(sel.types)
+    if sel.exclude:
+        text += " except " + quoted(sel.exclude, sel.exclude_info)
+    return text
+
+
+def _probe(pattern: str) -> str:
+    """A name-like string for a glob (difflib compares it with real names)."""
+    probe = re.sub(r"\[(\d+)[^\]]*\]", r"\1", pattern)  # [0-5] → 0
+    probe = re.sub(r"\{([^,}]*)[^}]*\}", r"\1", probe)  # {qkv,proj} → qkv
+    probe = probe.replace("**.", "").replace(".**", "").replace("**", "")
+    return probe.replace("*", "0").replace("?", "0")
+
+
+def _closest(pattern: str, names: list[str]) -> list[str]:
+    return difflib.get_close_matches(_probe(pattern), names, n=4, cutoff=0.0) if names else []
+
+
+def _some(names: Iterable[str], shown: int = 3) -> str:
+    """``a, b, c and 9 more``: a few of ``names``."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _unsupported_modules(pattern: str, modules: Mapping[str, str], sites: set[str]) -> dict[str, str]:
+    """The modules (name → type) that ``pattern`` matches and that are not sites."""
+    return {n: t for n, t in modules.items() if n and n not in sites and matches_any((pattern,), n)}
+
+
+def _by_type(found: Mapping[str, str]) -> str:
+    """``12 modules of type Conv1D (e.g. h.0.attn.c_attn) and 2 of type Dropout (e.g. ...)``."""
+    groups: dict[str, list[str]] = {}
+    for name, type_name in found.items():
+        groups.setdefault(type_name, []).append(name)
+    ordered = sorted(groups.items(), key=lambda g: -len(g[1]))
+    parts = []
+    for i, (type_name, names) in enumerate(ordered[:3]):
+        noun = ("module" if len(names) == 1 else "modules") if i == 0 else ""
+        example = names[0] if len(names) == 1 else f"e.g. {names[0]}"
+        parts.append(f"{len(names)} {noun + ' ' if noun else ''}of type {type_name} ({example})")
+    if len(ordered) > 3:
+        parts.append(f"{sum(len(n) for _, n in ordered[3:])} of other types")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def resolve_trained(spec: Spec, module_names: Iterable[str], layers: list[LayerPlan]) -> list[str]:
-    """The outermost modules the spec's `train` rules name; PlanError for every rule that
-    matches nothing and every adapted layer inside a trained module."""
+    """The outermost modules the spec's `train` rules name; PlanError for every pattern
+    that matches no module (unless optional, ``"..."?``) and every adapted layer inside a
+    trained module. A rule without per-pattern data (older IR) is checked as a whole."""
     modules = [n for n in module_names if n]
     names: list[str] = []
     problems = []
     for rule in spec.trained:
         found = [n for n in modules if matches_any(rule.patterns, n)]
-        if not found:
+        if not rule.pattern_info and not found:
             close = difflib.get_close_matches(rule.patterns[0], modules, n=4, cutoff=0.0)
             problems.append(f"{rule.origin}: `train {', '.join(rule.patterns)}` matches no module. "
                             f"Closest module names: {', '.join(close) or '(none)'}.")
+        for pattern, info in zip(rule.patterns, rule.pattern_info):
+            if not info.optional and not any(matches_any((pattern,), n) for n in found):
+                written = ", ".join(f'"{p}"' + "?" * i.optional for p, i in zip(rule.patterns, rule.pattern_info))
+                close = _closest(pattern, modules)
+                problems.append(f"{info.origin or rule.origin}: pattern \"{pattern}\" (in `train {written}` at "
+                                f"{rule.origin}) matches no module of this model. Closest module names: "
+                                f"{', '.join(close) or '(none)'}. Check the pattern (globs match the whole "
+                                f"dotted name); {_OPTIONAL_HINT}.")
         names.extend(n for n in found if n not in names)
     # Keep only the outermost trained modules (training `head` covers `head.fc`).
     names = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]

@@ -32,6 +32,7 @@ class Supernet(nn.Module):
                  spec: Optional[Spec] = None, model_ref=None):
         super().__init__()
         self.model = model
+        self.training = model.training  # the wrapped model's mode (flag only; nothing is switched)
         # Unregistered on purpose: the base tensors already live inside `model`, and the
         # adapters are its submodules; registering them again would duplicate state.
         self.__dict__["base_model"] = base_model

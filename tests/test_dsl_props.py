@@ -173,7 +173,10 @@ def glob_segment(draw):
     return draw(segment_words)
 
 
-globs = st.lists(glob_segment(), min_size=1, max_size=4).map(".".join).map(lambda g: f'"{g}"')
+# A pattern, sometimes optional (`"..."?`).
+globs = st.tuples(
+    st.lists(glob_segment(), min_size=1, max_size=4).map(".".join), st.sampled_from(["", "", "", "?"])
+).map(lambda g: f'"{g[0]}"' + g[1])
 
 
 def comma_list(items: list[str]) -> list[str]:

@@ -44,6 +44,14 @@ class Str:
 
 
 @dataclass(frozen=True)
+class Pattern(Str):
+    """A selector's glob (``loc`` is its string's); ``optional`` when a ``?`` follows the
+    closing quote (``"blocks.*.attn.proj"?``): the pattern may then match nothing."""
+
+    optional: bool = False
+
+
+@dataclass(frozen=True)
 class KindExpr:
     """``lora(2|r)``, ``vector``... ``ranks`` is None when no parentheses were written."""
 
@@ -95,24 +103,24 @@ class InlineSpace:
 
 @dataclass(frozen=True)
 class AdaptStmt:
-    patterns: tuple[Str, ...]
+    patterns: tuple[Pattern, ...]
     types: tuple[Ident, ...]
-    excepts: tuple[Str, ...]
+    excepts: tuple[Pattern, ...]
     space: Union[SpaceRef, InlineSpace]
     loc: Loc
 
 
 @dataclass(frozen=True)
 class ExcludeStmt:
-    patterns: tuple[Str, ...]
+    patterns: tuple[Pattern, ...]
     types: tuple[Ident, ...]
-    excepts: tuple[Str, ...]
+    excepts: tuple[Pattern, ...]
     loc: Loc
 
 
 @dataclass(frozen=True)
 class TrainStmt:
-    patterns: tuple[Str, ...]
+    patterns: tuple[Pattern, ...]
     loc: Loc
 
 

@@ -340,15 +340,19 @@ class _Builder:
         ranks_ast = tuple(self.value(r) for r in ranks if r is not None) if len(ranks) else None
         return ast.KindExpr(self.ident(name), ranks_ast, self.loc(t))
 
+    def pattern(self, t: Tree) -> ast.Pattern:
+        string, optional = t.children  # `"glob"` and its `?` (None when not optional)
+        return ast.Pattern(str(string)[1:-1], self.loc(string), optional is not None)
+
     def _selector(self, children) -> tuple[tuple, tuple, tuple, list]:
         patterns, types, excepts, rest = None, (), (), []
         for child in children:
             if isinstance(child, Tree) and child.data == "patterns":
-                patterns = tuple(self.value(s) for s in child.children)
+                patterns = tuple(map(self.pattern, child.children))
             elif isinstance(child, Tree) and child.data == "type_filter":
                 types = tuple(self.ident(n) for n in child.children)
             elif isinstance(child, Tree) and child.data == "except_clause":
-                excepts = tuple(self.value(s) for s in child.children[0].children)
+                excepts = tuple(map(self.pattern, child.children[0].children))
             elif child is not None:
                 rest.append(child)
         return patterns, types, excepts, rest

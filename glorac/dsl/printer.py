@@ -198,8 +198,9 @@ def _value(v: Union[ast.Num, ast.Ident, ast.Str]) -> str:
     return v.name
 
 
-def _strings(strings) -> list[str]:
-    return [f'"{s.value}"' for s in strings]
+def _strings(patterns: tuple[ast.Pattern, ...]) -> list[str]:
+    """Quoted patterns, an optional one with its `?` right after the closing quote."""
+    return [f'"{p.value}"' + "?" * p.optional for p in patterns]
 
 
 def _flat(stmt: ast.Statement) -> list[str]:

@@ -1,5 +1,9 @@
 """``adapt`` / ``exclude`` rules and ``train`` rules: check selectors, build IR rules.
 
+Whether each pattern matches something depends on the model, so that is checked when
+planning (glorac.planning.resolve_rules); for that check, each pattern's position and its
+`?` (optional) go into the IR here.
+
 Rules keep source order (an included file's rules sit where its ``include`` line is);
 for each layer the last matching rule wins, which is for the planner to apply.
 """
@@ -9,7 +13,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from ..errors import Diagnostic, did_you_mean
-from ..ir import LAYER_TYPES, Kind, Rule, Selector, TrainRule
+from ..ir import LAYER_TYPES, Kind, PatternInfo, Rule, Selector, TrainRule
 from ..selectors import GlobError, compile_glob
 from . import ast
 from .loader import Placed
@@ -29,7 +33,8 @@ def build_trained(placed: list[Placed], diagnostics: list[Diagnostic]) -> tuple[
     """Pass: the ``train`` statements (modules trained fully, such as a new head)."""
     return tuple(
         TrainRule(patterns=check_patterns(p.module, p.stmt.patterns, diagnostics),
-                  origin=origin_of(p.module, p.stmt.loc))
+                  origin=origin_of(p.module, p.stmt.loc),
+                  pattern_info=pattern_info(p.module, p.stmt.patterns))
         for p in placed if isinstance(p.stmt, ast.TrainStmt)
     )
 
@@ -41,6 +46,8 @@ def _rule(module: ast.Module, stmt: Union[ast.AdaptStmt, ast.ExcludeStmt], space
         patterns=check_patterns(module, stmt.patterns, diagnostics),
         types=_check_types(module, stmt.types, diagnostics),
         exclude=check_patterns(module, stmt.excepts, diagnostics),
+        pattern_info=pattern_info(module, stmt.patterns),
+        exclude_info=pattern_info(module, stmt.excepts),
     )
     space, space_name = None, None
     if isinstance(stmt, ast.AdaptStmt):
@@ -65,6 +72,11 @@ def check_patterns(module: ast.Module, strings, diagnostics: list[Diagnostic]) -
             loc = ast.Loc(s.loc.line, col, s.loc.line, col + 1)
             diagnostics.append(error_at(module, loc, f"invalid pattern: {exc}", exc.hint))
     return tuple(s.value for s in strings)
+
+
+def pattern_info(module: ast.Module, patterns: tuple[ast.Pattern, ...]) -> tuple[PatternInfo, ...]:
+    """Each pattern's position (its opening quote) and its `?`, for the plan's checks."""
+    return tuple(PatternInfo(origin=origin_of(module, p.loc), optional=p.optional) for p in patterns)
 
 
 def _check_types(module: ast.Module, idents, diagnostics: list[Diagnostic]) -> tuple[str, ...]:

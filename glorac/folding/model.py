@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import FoldError
 from ..ir import Structure
-from ..outputs import output_tensor
+from ..outputs import default_probe, output_tensor
 from ..planning import Plan
 from .core import FoldReport, check_finite_adapters, fold_tensors
 
@@ -113,23 +113,3 @@ def run_probe(model: nn.Module, probe: tuple) -> torch.Tensor:
     """The model's main output on ``probe``, in float64."""
     with torch.no_grad():
         return output_tensor(model(*probe)).double()
-
-
-def default_probe(model: nn.Module, batch: int = 2) -> Optional[tuple]:
-    """A deterministic input for a timm image model or a Hugging Face text model."""
-    g = torch.Generator().manual_seed(0)
-    param = next(model.parameters())
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(cfg, dict) and "input_size" in cfg:
-        size = tuple(cfg["input_size"])
-        # A timm model built with img_size=... differs from its config's default size.
-        own = getattr(getattr(model, "patch_embed", None), "img_size", None)
-        if own is not None:
-            size = (size[0], *own)
-        return (torch.randn(batch, *size, generator=g).to(param.device, param.dtype),)
-    config = getattr(model, "config", None)
-    vocab = getattr(config, "vocab_size", None)
-    if vocab:
-        ids = torch.randint(1, vocab, (batch, 16), generator=g).to(param.device)
-        return (ids,)
-    return None

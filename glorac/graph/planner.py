@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch.fx as fx
+import torch
 from torch import nn
 
 from ..errors import PlanError
 from ..ir import Spec
 from ..planning import Plan, resolve_rules, resolve_trained
-from .sites import functional_sites, module_sites
-from .trace import trace
+from ..outputs import default_probe, output_tensor
+from .sites import computed_bias_layers, functional_sites, module_sites
+from .trace import ModeGraphs, TraceFailure, trace
 
 
 def plan(spec: Spec, model: nn.Module, *, front_end: str = "auto") -> Plan:
@@ -26,16 +27,23 @@ def plan(spec: Spec, model: nn.Module, *, front_end: str = "auto") -> Plan:
 
 def plan_with_graph(
     spec: Spec, model: nn.Module, *, front_end: str = "auto"
-) -> tuple[Plan, Optional[fx.GraphModule]]:
-    """The plan and the traced graph it was made from (None on the module front end)."""
+) -> tuple[Plan, Optional[ModeGraphs]]:
+    """The plan and the traced graphs it was made from (None on the module front end)."""
     gm, failure = (None, None)
     if front_end in ("auto", "fx"):
         gm, failure = trace(model)
+        if gm is not None:
+            failure = reproduces(gm, model)
+            gm = None if failure is not None else gm
         if gm is None and front_end == "fx":
             raise PlanError(f"cannot trace {type(model).__name__} with torch.fx {failure}; "
                             "use the module front end (front_end='modules')")
-    sites = module_sites(model) + (functional_sites(gm, model) if gm is not None else [])
-    layers, skipped = resolve_rules(spec, sites)
+    sites = module_sites(model)
+    if gm is not None:
+        computed = computed_bias_layers(gm.eval_graph, sites)
+        sites = [s.model_copy(update={"computed_bias": True}) if s.qualname in computed else s for s in sites]
+        sites += functional_sites(gm.eval_graph, model)
+    layers, skipped = resolve_rules(spec, sites, {n: type(m).__name__ for n, m in model.named_modules() if n})
     trained = resolve_trained(spec, (n for n, _ in model.named_modules()), layers)
     result = Plan(
         front_end="fx" if gm is not None else "modules",
@@ -48,6 +56,45 @@ def plan_with_graph(
         budget=spec.budget,
     )
     return result, gm
+
+
+def reproduces(graphs: ModeGraphs, model: nn.Module) -> Optional[TraceFailure]:
+    """None when the eval-mode graph runs like the model on a probe input (or no probe can
+    be run: a ``meta`` model, an unknown input); else why not.
+
+    fx traces what one call did; a forward that depends on something the trace fixed (an
+    optional argument, a shape, a flag) fails or computes another shape on a real input
+    (Hiera traced with a mask, a hybrid ViT with 37 tokens instead of 50). Both run under
+    FakeTensorMode: shapes, dtypes and errors without computing a single value, so the
+    check costs a fraction of a forward.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    param = next(model.parameters(), None)
+    probe = None if param is None or param.is_meta else default_probe(model, batch=1)
+    if probe is None:
+        return None
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as fake:
+            inputs = tuple(fake.from_tensor(t) for t in probe)
+            try:
+                want = output_tensor(model(*inputs))
+            except Exception:  # the model itself does not take the guessed probe: nothing to compare
+                return None
+            try:
+                got = output_tensor(graphs.eval_graph(*inputs))
+            except Exception as exc:
+                return TraceFailure("", f"the traced graph fails on a probe input that the model "
+                                        f"takes ({type(exc).__name__}: {exc})"[:300])
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if (got.shape, got.dtype) != (want.shape, want.dtype):
+        return TraceFailure("", f"the traced graph computes a {tuple(got.shape)} {got.dtype} output where "
+                                f"the model computes {tuple(want.shape)} {want.dtype} on a probe input")
+    return None
 
 
 def _parameter_count(model: nn.Module, modules: list[str]) -> int:

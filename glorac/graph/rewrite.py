@@ -2,9 +2,9 @@
 
 Two front ends, one result (same plan, same :class:`~glorac.op.GloraAdapter`, same numbers):
 
-* **fx**: in the traced GraphModule, module call sites get a wrapper module and
-  functional ``F.linear`` call nodes are replaced by a call to the adapter with the
-  original weight/bias nodes as inputs.
+* **fx**: in the traced GraphModules (one per mode where they differ), module call
+  sites get a wrapper module and functional ``F.linear`` call nodes are replaced by a
+  call to the adapter with the original weight/bias nodes as inputs.
 * **modules**: for models that do not trace, a structural clone of the model (sharing
   every tensor, so the caller's model is not mutated) gets the wrappers by name.
 """
@@ -20,6 +20,7 @@ from torch import nn
 
 from ..op import GloraAdapter, GloraConv2d, GloraLinear, build_adapter_for
 from ..planning import Plan
+from .trace import ModeGraphs
 
 ADAPTER_SUFFIX = "glora_adapter"  # submodule name of a functional site's adapter
 
@@ -27,47 +28,75 @@ ADAPTER_SUFFIX = "glora_adapter"  # submodule name of a functional site's adapte
 def rewrite(
     model: nn.Module,
     plan: Plan,
-    gm: Optional[fx.GraphModule] = None,
+    graphs: Optional[ModeGraphs] = None,
     *,
     generator: Optional[torch.Generator] = None,
     adapter_dtype: torch.dtype = torch.float32,
     parametrization: str = "balanced",
 ) -> tuple[nn.Module, dict[str, GloraAdapter]]:
-    """Returns the rewritten module and the adapters by qualified name (plan order)."""
-    target = gm if plan.front_end == "fx" else clone_structure(model)
-    if plan.front_end == "fx" and gm is None:
-        raise ValueError("the fx front end needs the traced GraphModule")
+    """Returns the rewritten module and the adapters by qualified name (plan order).
+
+    The caller's model is never modified: every module on the way to a swapped layer that
+    the caller's model owns is replaced by a shallow copy first (copy on write), so only
+    the rewritten model sees the wrappers; the tensors stay shared.
+    """
+    if plan.front_end == "fx" and graphs is None:
+        raise ValueError("the fx front end needs the traced graphs")
+    targets = graphs.graphs if plan.front_end == "fx" else [clone_structure(model)]
+    owned = {id(m) for m in model.modules()}
     adapters: dict[str, GloraAdapter] = {}
     for lp in plan.layers:
         if lp.site.functional:
             weight = model.get_parameter(f"{lp.qualname}.weight")
             adapter = GloraAdapter(lp.space, lp.site.geometry, layer="linear", dtype=adapter_dtype,
                                    device=weight.device, generator=generator, parametrization=parametrization)
-            _reroute_functional(target, lp.qualname, adapter)
+            for gm in targets:
+                _reroute_functional(gm, lp.qualname, adapter)
         else:
             base = model.get_submodule(lp.qualname)
             adapter = build_adapter_for(base, lp.space, dtype=adapter_dtype, generator=generator,
                                         parametrization=parametrization)
             wrapper = GloraLinear(base, adapter) if isinstance(base, nn.Linear) else GloraConv2d(base, adapter)
-            set_submodule(target, lp.qualname, wrapper)
+            for target in targets:
+                set_submodule(target, lp.qualname, wrapper, owned)
         adapters[lp.qualname] = adapter
-    if isinstance(target, fx.GraphModule):
-        target.recompile()
-    return target, adapters
+    if graphs is not None and plan.front_end == "fx":
+        graphs.recompile()
+        return graphs, adapters
+    return targets[0], adapters
 
 
-def set_submodule(root: nn.Module, qualname: str, module: nn.Module) -> None:
-    parent_name, _, child = qualname.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
+def set_submodule(root: nn.Module, qualname: str, module: nn.Module, owned: set[int] = frozenset()) -> None:
+    """``root.<qualname> = module``, copying on the way every module in ``owned`` (the
+    caller's) so that none of them is modified. A path the graph never reaches (a module
+    the forward does not use) is left alone."""
+    *path, child = qualname.split(".")
+    parent = root
+    for part in path:
+        nxt = parent._modules.get(part)
+        if nxt is None:
+            return  # not part of what this graph runs
+        if id(nxt) in owned:
+            nxt = _shallow_copy(nxt)
+            parent._modules[part] = nxt
+        parent = nxt
+    if child in parent._modules or not isinstance(root, fx.GraphModule):
+        parent._modules[child] = module
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object with the same attributes, tensors and children (not copied)."""
+    copy = module.__class__.__new__(module.__class__)
+    copy.__dict__ = dict(module.__dict__)
+    copy._parameters = dict(module._parameters)
+    copy._buffers = dict(module._buffers)
+    copy._modules = dict(module._modules)
+    return copy
 
 
 def clone_structure(module: nn.Module) -> nn.Module:
     """A copy of the module tree whose parameters and buffers are the *same* tensors."""
-    clone = module.__class__.__new__(module.__class__)
-    clone.__dict__ = dict(module.__dict__)
-    clone._parameters = dict(module._parameters)
-    clone._buffers = dict(module._buffers)
+    clone = _shallow_copy(module)
     clone._modules = {k: (None if m is None else clone_structure(m)) for k, m in module._modules.items()}
     return clone
 

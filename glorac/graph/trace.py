@@ -7,6 +7,7 @@ why, so a user can fix it or ignore it.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -74,14 +75,77 @@ class SiteTracer(fx.Tracer):
             self.glorac_scope.pop()
 
 
-def trace(model: nn.Module) -> tuple[Optional[fx.GraphModule], Optional[TraceFailure]]:
-    """Symbolically trace ``model``; never raises for an untraceable model."""
+def trace(model: nn.Module) -> tuple[Optional["ModeGraphs"], Optional[TraceFailure]]:
+    """Symbolically trace ``model`` in eval and in train mode; never raises for an
+    untraceable model.
+
+    Training-dependent code (drop-path, ``dropout_p=... if self.training``) is baked into
+    a trace, so each mode gets its own graph (one, when both trace to the same code).
+    Optional forward arguments are traced at their defaults (``concrete_args``): a mask
+    argument must not be traced as if it were passed.
+    """
+    modes = {m: m.training for m in model.modules()}
+    graphs = {}
+    try:
+        for training in (False, True):
+            model.train(training)
+            graphs[training], failure = _trace_once(model)
+            if failure is not None:
+                return None, failure
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    same = graphs[True].code == graphs[False].code
+    result = ModeGraphs(graphs[False], None if same else graphs[True])
+    for module in (result, *result.graphs):  # start in the model's mode (the flags only)
+        module.training = model.training
+    return result, None
+
+
+def _trace_once(model: nn.Module) -> tuple[Optional[fx.GraphModule], Optional[TraceFailure]]:
     tracer = SiteTracer()
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_default_args(model))
     except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
         module = tracer.glorac_scope[-1] if tracer.glorac_scope else ""
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         return None, TraceFailure(module, reason[:300])
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name), None
+    return fx.GraphModule(tracer.root, graph, type(model).__name__), None
+
+
+def _default_args(model: nn.Module) -> Optional[dict]:
+    """Forward parameters after the first with a plain default (None, a bool, a number, a
+    string): traced at that default, as a call that leaves them out runs."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    plain = {p.name: p.default for p in params[1:] if p.kind in kinds
+             and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+    return plain or None
+
+
+class ModeGraphs(nn.Module):
+    """A traced model: the eval-mode graph, and the train-mode one where it differs.
+
+    The forward runs the graph of the current mode, so ``.train()``/``.eval()`` after
+    compile behave as on the original model whichever mode it was traced in.
+    """
+
+    def __init__(self, eval_graph: fx.GraphModule, train_graph: Optional[fx.GraphModule] = None):
+        super().__init__()
+        self.eval_graph = eval_graph
+        self.train_graph = train_graph
+
+    @property
+    def graphs(self) -> list[fx.GraphModule]:
+        return [self.eval_graph] + ([self.train_graph] if self.train_graph is not None else [])
+
+    def recompile(self) -> None:
+        for gm in self.graphs:
+            gm.recompile()
+
+    def forward(self, *args, **kwargs):
+        graph = self.train_graph if self.training and self.train_graph is not None else self.eval_graph
+        return graph(*args, **kwargs)
