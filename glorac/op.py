@@ -228,10 +228,12 @@ class GloraAdapter(nn.Module):
         kind_a = kinds[0][0]
         if kind_a == "lora" or grouped:
             return self._base_op(x, self._effective_weight(weight, kinds), b_eff)
-        # With A = none a Linear's bias rides along in its addmm. Not for a conv: a
-        # trainable conv bias makes CPU convolution_backward also compute the full
-        # (unwanted) weight gradient of the frozen W0 (caught by test_op).
-        fuse_bias = kind_a == "none" and self.conv is None
+        # With A = none a Linear's bias rides along in its addmm. A conv's only while it
+        # needs no gradient (the frozen base bias: C, D, E none), which also keeps such
+        # a conv bit-identical to the base one: a trainable conv bias makes CPU
+        # convolution_backward also compute the full (unwanted) weight gradient of the
+        # frozen W0 (caught by test_op).
+        fuse_bias = kind_a == "none" and (self.conv is None or b_eff is None or not b_eff.requires_grad)
         y = self._base_op(x, weight, b_eff if fuse_bias else None)
         b_eff = None if fuse_bias else b_eff
         side = self._b_side_path(x, weight, y.dtype, kinds[1])
@@ -404,14 +406,20 @@ def unsupported_subclass(module: nn.Module) -> Optional[str]:
     its weight (weight standardisation, run-time padding, quantisation...): computing it
     as the plain op would be silently wrong, and a folded weight might not reproduce it.
     """
+    if f"{type(module).__module__}.{type(module).__qualname__}" in _PLAIN_SUBCLASSES:
+        return None
     base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
     forward_of = getattr(type(module), "_conv_forward", None) if base is nn.Conv2d else None
     own_forward = type(module).forward is not base.forward
     own_conv = base is nn.Conv2d and forward_of is not nn.Conv2d._conv_forward
     if not (own_forward or own_conv) or same_padding_conv(module):
         return None
-    return (f"{type(module).__name__} computes its own forward (not a plain {base.__name__}); "
-            "adapting it as one would change its output")
+    return (f"{type(module).__module__}.{type(module).__qualname__} computes its own forward (not a plain "
+            f"nn.{base.__name__}); adapting it as one would change its output")
+
+
+#: Subclasses whose own forward is the plain op (timm's Linear only adds a TorchScript cast).
+_PLAIN_SUBCLASSES = frozenset({"timm.layers.linear.Linear"})
 
 
 def _conv_geometry(conv: nn.Conv2d) -> Geometry:

@@ -11,13 +11,14 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from ..errors import PlanError
 from ..ir import Spec
 from ..planning import Plan, resolve_rules, resolve_trained
 from ..outputs import default_probe, output_tensor
 from .sites import computed_bias_layers, functional_sites, module_sites
-from .trace import ModeGraphs, TraceFailure, trace
+from .trace import ModeGraphs, TraceFailure, preserved, trace
 
 
 def plan(spec: Spec, model: nn.Module, *, front_end: str = "auto") -> Plan:
@@ -60,37 +61,33 @@ def plan_with_graph(
 
 def reproduces(graphs: ModeGraphs, model: nn.Module) -> Optional[TraceFailure]:
     """None when the eval-mode graph runs like the model on a probe input (or no probe can
-    be run: a ``meta`` model, an unknown input); else why not.
+    be run: a ``meta`` model, an unknown input, a model that keeps tensors outside its
+    state dict); else why not.
 
     fx traces what one call did; a forward that depends on something the trace fixed (an
     optional argument, a shape, a flag) fails or computes another shape on a real input
-    (Hiera traced with a mask, a hybrid ViT with 37 tokens instead of 50). Both run under
-    FakeTensorMode: shapes, dtypes and errors without computing a single value, so the
-    check costs a fraction of a forward.
+    (Hiera traced with a mask, a hybrid ViT with 37 tokens instead of 50). Both run on
+    the ``meta`` device, with the model's tensors swapped for meta ones of the same
+    shapes (``torch.func.functional_call``): shapes, dtypes and errors without computing
+    a value, at a fraction of a forward's cost. Nothing of the model is changed.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     param = next(model.parameters(), None)
     probe = None if param is None or param.is_meta else default_probe(model, batch=1)
     if probe is None:
         return None
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as fake:
-            inputs = tuple(fake.from_tensor(t) for t in probe)
-            try:
-                want = output_tensor(model(*inputs))
-            except Exception:  # the model itself does not take the guessed probe: nothing to compare
-                return None
-            try:
-                got = output_tensor(graphs.eval_graph(*inputs))
-            except Exception as exc:
-                return TraceFailure("", f"the traced graph fails on a probe input that the model "
-                                        f"takes ({type(exc).__name__}: {exc})"[:300])
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    state = {k: v.to("meta") for k, v in model.state_dict(keep_vars=True).items()}
+    inputs = tuple(t.to("meta") for t in probe)
+    with preserved(model), torch.no_grad():
+        model.eval()
+        try:
+            want = output_tensor(functional_call(model, state, inputs, tie_weights=True, strict=False))
+        except Exception:  # the model does not run on the guessed probe (or not on meta): nothing to compare
+            return None
+        try:
+            got = output_tensor(functional_call(graphs.eval_graph, state, inputs, tie_weights=True, strict=False))
+        except Exception as exc:
+            return TraceFailure("", f"the traced graph fails on a probe input that the model "
+                                    f"takes ({type(exc).__name__}: {exc})"[:300])
     if (got.shape, got.dtype) != (want.shape, want.dtype):
         return TraceFailure("", f"the traced graph computes a {tuple(got.shape)} {got.dtype} output where "
                                 f"the model computes {tuple(want.shape)} {want.dtype} on a probe input")

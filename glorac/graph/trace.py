@@ -7,6 +7,7 @@ why, so a user can fix it or ignore it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Optional
@@ -84,22 +85,45 @@ def trace(model: nn.Module) -> tuple[Optional["ModeGraphs"], Optional[TraceFailu
     Optional forward arguments are traced at their defaults (``concrete_args``): a mask
     argument must not be traced as if it were passed.
     """
-    modes = {m: m.training for m in model.modules()}
     graphs = {}
-    try:
+    with preserved(model):
         for training in (False, True):
             model.train(training)
             graphs[training], failure = _trace_once(model)
             if failure is not None:
                 return None, failure
-    finally:
-        for m, training in modes.items():
-            m.training = training
     same = graphs[True].code == graphs[False].code
     result = ModeGraphs(graphs[False], None if same else graphs[True])
     for module in (result, *result.graphs):  # start in the model's mode (the flags only)
         module.training = model.training
     return result, None
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module):
+    """Restore every module's own state after the block: its mode flag and its plain
+    attributes, dicts and lists among them one level deep.
+
+    Tracing and probing run the caller's model, and some models cache in their modules
+    (LeViT-style attention-bias caches filled in eval mode, call counters): those runs
+    must leave nothing behind, least of all a FakeTensor or an fx Proxy in a cache.
+    Parameters, buffers and submodules are not plain attributes and are not touched.
+    """
+    saved = [(m, {k: (type(v)(v) if type(v) in (dict, list) else v) for k, v in vars(m).items()
+                  if k not in ("_parameters", "_buffers", "_modules")}) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attrs in saved:
+            for k in [k for k in vars(m) if k not in attrs and k not in ("_parameters", "_buffers", "_modules")]:
+                delattr(m, k)
+            for k, v in attrs.items():
+                current = m.__dict__.get(k)
+                if type(v) in (dict, list) and type(current) is type(v):
+                    current.clear()  # the same object: aliases of it see the restored content
+                    current.extend(v) if isinstance(v, list) else current.update(v)
+                else:
+                    m.__dict__[k] = v
 
 
 def _trace_once(model: nn.Module) -> tuple[Optional[fx.GraphModule], Optional[TraceFailure]]:
