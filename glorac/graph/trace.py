@@ -94,8 +94,10 @@ def trace(model: nn.Module) -> tuple[Optional["ModeGraphs"], Optional[TraceFailu
                 return None, failure
     same = graphs[True].code == graphs[False].code
     result = ModeGraphs(graphs[False], None if same else graphs[True])
-    for module in (result, *result.graphs):  # start in the model's mode (the flags only)
-        module.training = model.training
+    owned = {id(m) for m in model.modules()}
+    for module in result.modules():  # fx's own containers start in the model's mode
+        if id(module) not in owned:
+            module.training = model.training
     return result, None
 
 
