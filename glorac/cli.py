@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(argv)  # for messages that repeat the command (how to resume)
         return int(args.func(args) or 0)
     except GloraError as exc:
         if debug:

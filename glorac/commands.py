@@ -139,6 +139,8 @@ def cmd_train(args) -> int:
     from .distributed import setup, teardown
     from .workflow import train_checkpoint
 
+    from .trainer import TrainingInterrupted
+
     d = setup(args.device)
     try:
         _, state, out = train_checkpoint(
@@ -147,9 +149,20 @@ def cmd_train(args) -> int:
             data_options=_data_options(args), progress=args.progress)
         if d.main:
             print(f"wrote {out} after {state.epochs_done} epoch(s), {state.step} steps")
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(exc.output, exc.step, exc.total).with_hint(
+            f"Resume it exactly where it stopped with: {_resume_command(args.argv)}") from None
     finally:
         teardown(d)
     return 0
+
+
+def _resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted `glorac train` run."""
+    import shlex
+
+    kept = [a for a in argv if a != "--force"]
+    return shlex.join(["glorac", *kept, *([] if "--resume" in kept else ["--resume"])])
 
 
 def cmd_finetune(args) -> int:
@@ -157,6 +170,8 @@ def cmd_finetune(args) -> int:
 
     from .distributed import setup, teardown
     from .workflow import finetune_checkpoint
+
+    from .trainer import TrainingInterrupted
 
     d = setup(args.device)
     try:
@@ -171,6 +186,9 @@ def cmd_finetune(args) -> int:
             speed = f", {sum(rates) / len(rates):.1f} examples/s" if rates else ""
             print(f"wrote {out}: {supernet.structure_params():,} adapter parameters fine-tuned for "
                   f"{state.epochs_done} epoch(s), {state.step} steps in {seconds:.1f} s{speed}")
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(exc.output, exc.step, exc.total).with_hint(
+            "Fine-tuning does not resume: rerun the same command with --force to start it again.") from None
     finally:
         teardown(d)
     return 0
@@ -255,6 +273,9 @@ def cmd_compile(args) -> int:
     from .checkpoint import save
     from .supernet import build_supernet
 
+    from .safeio import check_output
+
+    check_output(args.output, force=args.force)
     spec, model, ref = _load(args)
     supernet = build_supernet(spec, model, seed=args.seed)
     supernet.model_ref = ref

@@ -156,9 +156,10 @@ class Plan(BaseModel):
         for name, choice in layers.items():
             space = spaces[name]
             if not choice_in_space(choice, space):
-                bad = [f"{t}={k}" for t, k in choice.items() if k not in space.tensor(t)]
-                raise PlanError(f"layer `{name}`: choice {', '.join(bad)} is outside this layer's space "
-                                f"({space}); pick kinds (and lora ranks) that the space lists")
+                bad = "; ".join(f"{t}={k} is not allowed, {t} may be {' | '.join(map(str, space.tensor(t)))}"
+                                for t, k in choice.items() if k not in space.tensor(t))
+                raise PlanError(f"layer `{name}`: {bad} (outside this layer's space); pick kinds (and lora "
+                                "ranks) that the space lists")
         return layers
 
     def resolve_structure(self, given: Optional[Structure], selected: Optional[Structure]) -> Structure:

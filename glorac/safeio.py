@@ -152,6 +152,7 @@ def atomic_write(
         write_fn(tmp)
         _fsync_file(tmp)
         _refuse_existing(path, force)  # another process may have created it meanwhile
+        os.chmod(tmp, umask_mode(0o666))  # mkstemp's 0600 would hide the file from a teammate
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
@@ -169,6 +170,37 @@ def atomic_write(
 def atomic_write_text(path: str | os.PathLike, text: str, *, force: bool = False) -> Path:
     """:func:`atomic_write` for a UTF-8 text file."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=force)
+
+
+def umask_mode(mode: int) -> int:
+    """``mode`` under the process's umask: what ``open``/``mkdir`` would have created."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def check_output(path: str | os.PathLike, *, force: bool, what: str = "output",
+                 directory: bool = False) -> Path:
+    """Refuse, before any work, an output that could not be written: an existing one
+    without ``force``, a directory where a file is written (or a file where a directory
+    is, with ``directory``), a parent path that runs through a file, a directory that
+    cannot be written to. Returns the path."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        shape = "a directory; name a file inside it" if not directory else "a file, not a directory"
+        raise CheckpointError(f"{what} {path} is {shape}.")
+    if path.exists() and not force:
+        raise CheckpointError(f"{what} {path} already exists; pass --force to overwrite it.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"cannot write {what} {path}: {parent} is a file, not a directory; "
+                              "choose another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write {what} {path}: {parent} is not writable (read-only or "
+                              "permission denied); choose a directory you can write to.")
+    return path
 
 
 def _refuse_existing(path: Path, force: bool) -> None:

@@ -40,6 +40,24 @@ class TrainingStopped(GloraError):
     """Training stopped on a non-finite loss; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(GloraError):
+    """Ctrl-C: the run stopped after a step, its state saved (when it has an output)."""
+
+    exit_code = 130
+
+    def __init__(self, output: Optional[Path], step: int, total: int):
+        self.output, self.step, self.total = output, step, total
+        where = f"saved to {output}" if output is not None else "kept in memory (no output was given)"
+        self.message = (f"interrupted after step {step} of {total}; the run's state (adapters, optimizer, "
+                        f"RNG) is {where}.")
+        super().__init__(self.message)
+
+    def with_hint(self, hint: str) -> "TrainingInterrupted":
+        """The same interruption, its message followed by what to do next."""
+        self.args = (f"{self.message} {hint}",)
+        return self
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -127,6 +145,11 @@ def train_plain(model: nn.Module, data: TaskData, groups: list[tuple[list, float
             step += 1
 
 
+def metrics_path(output: Path) -> Path:
+    """The per-step log written beside a training run's checkpoint."""
+    return output.with_name(output.name.rsplit(".", 1)[0] + ".metrics.jsonl")
+
+
 class Trainer:
     def __init__(self, supernet, data: TaskData, settings: TrainSettings, dist: Dist = Dist(),
                  output: Optional[Path] = None, *, amp: Optional[bool] = None, log_every: int = 10,
@@ -137,8 +160,7 @@ class Trainer:
         log beside it); None keeps everything in memory."""
         self.supernet, self.data, self.settings, self.dist = supernet, data, settings, dist
         self.output = None if output is None else Path(output)
-        self.metrics_path = None if output is None else \
-            self.output.with_name(self.output.name.rsplit(".", 1)[0] + ".metrics.jsonl")
+        self.metrics_path = None if output is None else metrics_path(self.output)
         self.amp = dist.device.type == "cuda" if amp is None else amp
         self.log_every, self.progress = log_every, progress
         self.dataset = data.splits["train"]
@@ -240,6 +262,8 @@ class Trainer:
         s = self.settings
         self.start_step = self.state.step
         if self.state.step == 0:
+            if self.dist.main and self.metrics_path is not None and self.metrics_path.exists():
+                self.metrics_path.write_text("")  # a fresh run (--force) starts a fresh log
             # Dropout and other random layers draw from the global RNG: seed it so a run is
             # reproducible (a resumed run restores the saved state instead).
             torch.manual_seed(s.seed)
@@ -259,7 +283,7 @@ class Trainer:
                     self._step(indices, bar)
                     if self._should_stop():
                         self.save()
-                        raise KeyboardInterrupt
+                        raise TrainingInterrupted(self.output, self.state.step, self.total_steps)
                 self.state.epochs_done = epoch + 1
                 self._log({"epoch": epoch + 1, "step": self.state.step})
                 self.save()

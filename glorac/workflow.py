@@ -13,13 +13,14 @@ from typing import Optional
 from torch import nn
 
 from . import stages
-from .checkpoint import load_checkpoint, save
+from .checkpoint import load_checkpoint, read_checkpoint, save, supernet_from
 from .data import TaskData, load_data, require_split
 from .distributed import Dist, barrier
-from .errors import CheckpointError, GloraError
+from .errors import CheckpointError, DataError, GloraError
 from .history import FinetuneRecord
 from .ir import Structure
 from .overrides import apply_overrides
+from .safeio import check_output
 from .structure_files import read_structure, write_structure
 
 
@@ -28,6 +29,21 @@ def data_for(supernet, source: str, **kwargs) -> TaskData:
     data = load_data(source, model=supernet.base_model, **kwargs)
     stages.check_head(supernet.base_model, data)
     return data
+
+
+def check_data_source(source: str) -> None:
+    """The cheap part of reading ``--data``: the built-in name or the path exists. Run
+    before the model is built, so a typo costs milliseconds, not a model load."""
+    from .data.builtin import builtin_names
+
+    if source.startswith("builtin:"):
+        name = source[len("builtin:"):].strip()
+        if name not in builtin_names():
+            raise DataError(f"unknown built-in dataset `{source}`; the built-in ones are "
+                            f"{', '.join('builtin:' + n for n in builtin_names())}.")
+    elif not Path(source).expanduser().exists():
+        raise DataError(f"data path {source} does not exist; check the path (or use one of "
+                        f"{', '.join('builtin:' + n for n in builtin_names())}).")
 
 
 def default_train_output(checkpoint: Path) -> Path:
@@ -39,7 +55,7 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
                      force: bool = False, overrides: Optional[dict] = None, dist: Dist = Dist(),
                      data_options: Optional[dict] = None, progress: bool = True):
     """Train the supernet stored at ``checkpoint``; returns (supernet, TrainState, output path)."""
-    from .trainer import Trainer
+    from .trainer import Trainer, metrics_path
 
     out = Path(output) if output else default_train_output(Path(checkpoint))
     source = out if resume else Path(checkpoint)
@@ -48,22 +64,26 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
     if not resume and out.exists() and not force:
         raise CheckpointError(f"{out} already exists; pass --resume to continue that run or --force "
                               "to start over.")
-    supernet, ckpt = load_checkpoint(source, device=str(dist.device))
-    stored = supernet.history.train
-    if resume and supernet.history.finetune is not None:
+    check_output(out, force=True, what="output")
+    check_output(metrics_path(out), force=True, what="metrics log")
+    ckpt = read_checkpoint(source)  # cheap: the model is built only once everything else checks out
+    stored = ckpt.meta.history.train
+    if resume and ckpt.meta.history.finetune is not None:
         raise CheckpointError(f"--resume: {out} was written by `glorac finetune`, which trains one structure; "
                               "rerun that command with --force instead.")
-    settings = stored.settings if resume and stored else supernet.spec.training
+    settings = stored.settings if resume and stored else ckpt.meta.spec.training
     settings = apply_overrides(settings, overrides or {})
+    if resume and stored and stored.world != dist.world:
+        raise CheckpointError(f"{out} was written by a run with {stored.world} process(es); resume it "
+                              f"with the same number (now {dist.world}).")
+    check_data_source(data_source)  # a wrong --data path is reported before the model is built
+    supernet = supernet_from(ckpt, device=str(dist.device))
     if not resume:  # a fresh run starts a fresh record
         supernet.history = supernet.history.model_copy(update={"train": None})
     data = data_for(supernet, data_source, **(data_options or {}))
     require_split(data, "train")
     trainer = Trainer(supernet, data, settings, dist, out, progress=progress)
     if resume and stored:
-        if stored.world != dist.world:
-            raise CheckpointError(f"{out} was written by a run with {stored.world} process(es); resume it "
-                                  f"with the same number (now {dist.world}).")
         trainer.restore(stored, ckpt.extra_tensors)
     state = trainer.fit()
     return supernet, state, out
@@ -80,10 +100,10 @@ def _check_finetune_output(checkpoint: Path, out: Path, force: bool) -> None:
         raise CheckpointError(f"{out} already exists; pass --force to overwrite it.")
 
 
-def _finetune_structure(supernet, checkpoint: str, structure: Optional[str]) -> Structure:
-    """The structure to fine-tune: the file given, else the one the checkpoint has selected."""
+def _finetune_structure(supernet, checkpoint: str, structure: Optional[Structure]) -> Structure:
+    """The structure to fine-tune: the one given, else the one the checkpoint has selected."""
     if structure is not None:
-        return read_structure(structure)
+        return structure
     if supernet.structure is None:
         raise GloraError(
             f"{checkpoint} has no selected structure to fine-tune: it is a supernet (from `glorac compile` "
@@ -102,11 +122,18 @@ def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[s
     training settings updated by ``overrides``. The output keeps the structure selected, so
     fold and eval take it as it is. Returns (supernet, TrainState, output path).
     """
+    from .trainer import metrics_path
+
     out = Path(output) if output else default_finetune_output(Path(checkpoint))
     _check_finetune_output(Path(checkpoint), out, force)
-    supernet, _ = load_checkpoint(checkpoint, device=str(dist.device))
-    chosen = _finetune_structure(supernet, checkpoint, structure)
-    settings = apply_overrides(supernet.spec.training, overrides or {})
+    check_output(out, force=True, what="output")
+    check_output(metrics_path(out), force=True, what="metrics log")
+    ckpt = read_checkpoint(checkpoint)
+    settings = apply_overrides(ckpt.meta.spec.training, overrides or {})
+    given = read_structure(structure) if structure is not None else None
+    check_data_source(data_source)
+    supernet = supernet_from(ckpt, device=str(dist.device))
+    chosen = _finetune_structure(supernet, checkpoint, given)
     # The trainer records its own progress under `train`; keep the supernet run's record.
     history = supernet.history
     record = FinetuneRecord(source=str(checkpoint), structure=structure or "selected in the checkpoint",
@@ -137,12 +164,14 @@ def search_checkpoint(checkpoint: str, data_source: str, *, output: str, budget:
                       plot: Optional[str] = None, force: bool = False, dist: Dist = Dist(),
                       batch_size: int = 64, data_options: Optional[dict] = None, progress: bool = True):
     """Evolutionary search on the val split; writes a checkpoint with the chosen structure."""
-    for path in (output, structure_out, plot):
-        if path and Path(path).exists() and not force:
-            raise CheckpointError(f"{path} already exists; pass --force to overwrite it.")
+    for path, what in ((output, "output"), (structure_out, "structure file"), (plot, "plot")):
+        if path:
+            check_output(path, force=force, what=what)
     cap = parse_budget(budget)
-    supernet, _ = load_checkpoint(checkpoint, device=str(dist.device))
-    settings = apply_overrides(supernet.spec.search, overrides or {})
+    ckpt = read_checkpoint(checkpoint)
+    settings = apply_overrides(ckpt.meta.spec.search, overrides or {})
+    check_data_source(data_source)
+    supernet = supernet_from(ckpt, device=str(dist.device))
     data = data_for(supernet, data_source, **(data_options or {}))
     try:
         result = stages.search(supernet, data, budget=cap, settings=settings, batch_size=batch_size, dist=dist,
@@ -177,6 +206,7 @@ def load_for_eval(path: str, *, structure: Optional[str] = None, device: str = "
 
 def evaluate_path(path: str, data_source: str, *, split: str = "test", structure: Optional[str] = None,
                   batch_size: int = 64, device: str = "cpu", data_options: Optional[dict] = None) -> dict:
+    check_data_source(data_source)
     model, what = load_for_eval(path, structure=structure, device=device)
     from .supernet import Supernet
 

@@ -83,7 +83,9 @@ def test_train_changes_only_adapters_and_head_and_logs(supernet_file, tmp_path):
     assert losses[-1] < losses[0]  # it learns
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(supernet_file, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_equals_uninterrupted(supernet_file, tmp_path, monkeypatch, capsys):
+    import shlex
+
     from glorac import trainer as train_mod
 
     full = tmp_path / "full.pt"
@@ -97,10 +99,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(supernet_file, tmp_pat
             self._stop_requested = True
 
     monkeypatch.setattr(train_mod.Trainer, "_step", interrupt_at_step_7)
-    assert main(["train", str(supernet_file), *DATA, "-o", str(part), "--no-progress"]) == 130
+    capsys.readouterr()
+    assert main(["train", str(supernet_file), *DATA, "-o", str(part), "--no-progress", "--force"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted after step 7 of 46; the run's state (adapters, optimizer, RNG) is saved to {part}" in err
     assert glorac.load(part).history.train.step == 7
     monkeypatch.setattr(train_mod.Trainer, "_step", original)
-    assert main(["train", str(supernet_file), *DATA, "-o", str(part), "--resume", "--no-progress"]) == 0
+    command = shlex.split(err.split("Resume it exactly where it stopped with: ")[1].strip())
+    assert command[0] == "glorac" and "--resume" in command and "--force" not in command
+    assert main(command[1:]) == 0  # the command the message gives, as it gives it
     a, b = _adapters(full), _adapters(part)
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -1,8 +1,15 @@
-"""Image preprocessing from the model's own config, image datasets, and the cheap up-front
-check that finds corrupt files before training starts (not in the middle of an epoch)."""
+"""Image preprocessing from the model's own config, image datasets, and the up-front check
+that finds corrupt files before training starts (not in the middle of an epoch).
+
+The check decodes every file exactly as :class:`ImageFileDataset` will (open, decode all
+pixels, convert to the model's channels), so a file it lets through cannot fail later
+unless it changes on disk. Files are checked on a few threads (PIL decodes without the GIL).
+"""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -24,9 +31,8 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
     "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
 }
-# verify() checks chunk structure and CRCs but does not decode; for uncompressed formats a
-# truncated pixel array passes it, and decoding them is as cheap as checking.
-_DECODE_TO_CHECK = {"BMP", "DIB", "TGA", "PPM"}
+# Threads for the up-front check; decoding dominates and releases the GIL.
+_CHECK_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,14 @@ class ImagePrep:
     interpolation: str = "bilinear"
     channels: int = 3
 
+    @property
+    def mode(self) -> str:
+        """The PIL mode every image is converted to."""
+        return "L" if self.channels == 1 else "RGB"
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("L" if self.channels == 1 else "RGB")
+        if image.mode != self.mode:
+            image = image.convert(self.mode)
         height, width = self.size
         if image.size != (width, height):
             image = image.resize((width, height), resample=_RESAMPLE.get(self.interpolation,
@@ -102,7 +114,7 @@ def collate_images(samples: list[tuple[torch.Tensor, int]]) -> Batch:
 
 
 class ImageFileDataset(LabeledDataset):
-    """Image files, decoded lazily (they were checked cheaply at load time)."""
+    """Image files, decoded lazily (each was decoded once by the check at load time)."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], prep: ImagePrep):
         super().__init__(list(paths), targets)
@@ -111,12 +123,11 @@ class ImageFileDataset(LabeledDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.items[index]
         try:
-            with Image.open(path) as image:
-                x = self.prep(image)
+            x = self.prep(decode_image(path, self.prep.mode))
         except Exception as exc:  # anything PIL raises on a user's file is a data problem
             raise DataError(
-                f"cannot decode image {path} ({short_error(exc)}); it passed the quick check at "
-                "load time but its pixel data is corrupt. Remove or replace the file."
+                f"cannot decode image {path} ({short_error(exc)}); it decoded when the data was "
+                "loaded, so the file has changed on disk since. Restore or remove it and restart."
             ) from None
         return x, self.targets[index]
 
@@ -132,16 +143,22 @@ class ArrayImageDataset(LabeledDataset):
         return self.prep(Image.fromarray(self.items[index])), self.targets[index]
 
 
-def image_problem(path: Path) -> str | None:
-    """Why ``path`` is not a readable image (None when it is), without decoding compressed
-    pixel data: PIL's verify() reads the whole file and checks its structure."""
+def decode_image(path: Path, mode: str = "RGB") -> Image.Image:
+    """``path`` fully decoded and converted to ``mode``: what training does with a file."""
+    with Image.open(path) as image:
+        image.load()
+        return image.convert(mode)
+
+
+def image_problem(path: Path, mode: str = "RGB") -> str | None:
+    """Why ``path`` is not a usable image (None when it is). PIL's verify() checks the file's
+    structure and checksums (it does not decode); then every pixel is decoded and converted
+    as :class:`ImageFileDataset` does, which catches truncated or corrupt pixel data in any
+    format (a truncated JPEG passes verify())."""
     try:
         with Image.open(path) as image:
-            fmt = image.format
             image.verify()
-        if fmt in _DECODE_TO_CHECK:
-            with Image.open(path) as image:
-                image.load()
+        decode_image(path, mode)
     except Exception as exc:
         return _reason(exc)
     return None
@@ -158,13 +175,19 @@ def _reason(exc: BaseException) -> str:
 
 def drop_unreadable(
     paths: Sequence[Path], targets: Sequence[int], on_corrupt: Literal["skip", "stop"], where: str,
-    cache: dict[Path, str | None],
+    cache: dict[Path, str | None], mode: str = "RGB",
 ) -> tuple[list[Path], list[int], list[str]]:
-    """Check every file; skip the bad ones (reported as ``path: reason``) or stop."""
+    """Check every file (each path once per ``cache``); skip the bad ones (reported as
+    ``path: reason``) or stop."""
+    todo = list(dict.fromkeys(p for p in paths if p not in cache))
+    threads = min(_CHECK_THREADS, os.cpu_count() or 1, len(todo))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            cache.update(zip(todo, pool.map(lambda p: image_problem(p, mode), todo, chunksize=16)))
+    else:
+        cache.update((p, image_problem(p, mode)) for p in todo)
     kept_paths, kept_targets, bad = [], [], []
     for path, target in zip(paths, targets):
-        if path not in cache:
-            cache[path] = image_problem(path)
         if cache[path] is None:
             kept_paths.append(path)
             kept_targets.append(target)

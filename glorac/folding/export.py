@@ -23,6 +23,7 @@ from typing import Optional
 from ..checkpoint import Checkpoint, load_adapters, read_checkpoint, supernet_from
 from ..errors import CheckpointError, FoldError, GloraError
 from ..ir import Structure
+from ..safeio import check_output
 from ..structure_files import read_structure
 from .core import FoldReport, check_finite_adapters
 from .files import FoldSidecar, other_weight_files, write_hf_directory, write_safetensors
@@ -53,6 +54,7 @@ def check_fold_output(checkpoint: str, output: str, *, force: bool) -> None:
         raise FoldError(f"output {dst} is the checkpoint itself; choose another output path.")
     if dst.exists() and not force:
         raise CheckpointError(f"output {dst} already exists; pass --force to overwrite it.")
+    check_output(dst, force=True, directory=dst.is_dir())
 
 
 def fold_checkpoint(checkpoint: str, output: str, *, structure: Optional[str] = None, force: bool = False,

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 from ..ir import Structure
 from ..models import ModelRef
-from ..safeio import atomic_write
+from ..safeio import atomic_write, umask_mode
 from .core import FoldReport
 
 HF_SIDECAR = "glorac_fold.json"
@@ -116,6 +116,7 @@ def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callab
         if source is not None:
             copy_other_files(source, staging, out)
         (staging / HF_SIDECAR).write_text(describe(staging).to_json(), encoding="utf-8")
+        os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700 would hide the model from its users
         _replace_dir(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
