@@ -390,6 +390,34 @@ class GloraConv2d(_GloraLayer):
         return self.adapter(x, self.base.weight, self.base.bias)
 
 
+class GloraConv1D(_GloraLayer):
+    """transformers' ``Conv1D`` (GPT-2) plus its adapter: ``x @ W + b`` with W stored
+    (in, out), i.e. a Linear with weight ``W.T``. ``weight`` reads back in Conv1D's layout."""
+
+    def __init__(self, base: nn.Module, adapter: GloraAdapter):
+        nx, nf = base.weight.shape
+        if adapter.layer != "linear" or adapter.geom != Geometry.linear(nx, nf):
+            raise PlanError(f"adapter ({adapter.extra_repr()}) does not fit {base}")
+        super().__init__(base, adapter)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.adapter.effective_weight(self.base.weight.t()).t()
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        return self.adapter.effective_bias(self.base.weight.t(), self.base.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.adapter(x, self.base.weight.t(), self.base.bias)
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' Conv1D (without importing transformers)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.") and module.weight.dim() == 2
+
+
 def same_padding_conv(module: nn.Module) -> bool:
     """Whether ``module`` is timm's Conv2dSame (run-time "same" padding, then a plain conv)."""
     try:
@@ -442,6 +470,10 @@ def build_adapter_for(
 ) -> GloraAdapter:
     """An adapter whose geometry and conv parameters come from ``module`` (same device)."""
     device = module.weight.device
+    if is_transposed_linear(module):
+        nx, nf = module.weight.shape
+        return GloraAdapter(space, Geometry.linear(nx, nf), layer="linear", dtype=dtype, device=device,
+                            generator=generator, parametrization=parametrization)
     if isinstance(module, nn.Linear):
         geom = Geometry.linear(module.in_features, module.out_features)
         return GloraAdapter(space, geom, layer="linear", dtype=dtype, device=device, generator=generator,

@@ -37,6 +37,8 @@ class Site(BaseModel):
     groups: int = 1
     has_bias: bool
     functional: bool = False
+    # transformers' Conv1D (GPT-2): a Linear whose weight is stored transposed, (in, out).
+    transposed: bool = False
     # The forward passes a bias built from other parameters (BEiT's q_bias/v_bias), not
     # the layer's own: b′ would have no place to be folded into, so C, D, E are dropped.
     computed_bias: bool = False
@@ -52,7 +54,7 @@ class Site(BaseModel):
     def weight_shape(self) -> tuple[int, ...]:
         """The shape of the weight tensor this site reads."""
         if self.type == "Linear":
-            return (self.out_features, self.in_features)
+            return (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
         return (self.out_features, self.in_features // self.groups, *self.kernel)
 
     def is_type(self, name: str) -> bool:

@@ -523,9 +523,7 @@ _HF = [
     _hf("hf_bert", "bert", _bert, fast=True, doc="BertForSequenceClassification, hidden 32, 2 layers"),
     _hf("hf_roberta", "roberta", _roberta),
     _hf("hf_distilbert", "distilbert", _distilbert),
-    # transformers' Conv1D (a transposed Linear) is not a site yet (issue 12); the only
-    # nn.Linear, lm_head, is tied to wte: nothing is adaptable, and the plan says why.
-    _hf("hf_gpt2", "gpt2", _gpt2, doc="GPT2LMHeadModel: Conv1D blocks, lm_head tied to wte", excluded=True),
+    _hf("hf_gpt2", "gpt2", _gpt2, doc="GPT2LMHeadModel: Conv1D blocks (adapted as Linear), lm_head tied to wte"),
     _hf("hf_llama_untied", "llama", _decoder("Llama", tied=False), fast=True,
         doc="LlamaForCausalLM, GQA, bias-free, separate lm_head"),
     _hf("hf_llama_tied", "llama", _decoder("Llama", tied=True), doc="LlamaForCausalLM, lm_head tied to embed_tokens"),

@@ -212,8 +212,12 @@ def test_real_gpt2_conv1d():
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=16)
     model = transformers.GPT2Model(config)
-    msg = plan_error(f'adapt "h.*.attn.c_attn" with {SPACE}', model)
-    assert "matches 2 modules of type Conv1D (e.g. h.0.attn.c_attn), which glorac cannot adapt" in msg
+    # Conv1D is a Linear stored transposed: adapted as one.
+    plan = glorac.plan(glorac.loads_spec(f'adapt "h.*.attn.c_attn" with {SPACE}'), model)
+    assert [(lp.qualname, lp.site.transposed, lp.site.shape) for lp in plan.layers] == [
+        ("h.0.attn.c_attn", True, "16→48"), ("h.1.attn.c_attn", True, "16→48")]
+    msg = plan_error(f'adapt "h.*.ln_1" with {SPACE}', model)
+    assert "matches 2 modules of type LayerNorm (e.g. h.0.ln_1), which glorac cannot adapt" in msg
 
 
 def test_cli_plan_reports_the_pattern(tmp_path, capsys):

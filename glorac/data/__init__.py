@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from glorac.errors import DataError
 
 from .builtin import builtin_names, read_builtin
-from .core import Batch, RawTask, TaskData, check_limit, few, limit_indices
+from .core import (Batch, LabelSites, RawTask, TaskData, check_labels, check_limit, few, label_sites,
+                   limit_indices)
 from .folders import (find_split_dirs, has_class_dirs, has_vtab_lists, read_class_folders,
                       read_split_folders, read_vtab, visible_children)
 from .images import (IMAGE_SUFFIXES, ArrayImageDataset, ImageFileDataset, collate_images, drop_unreadable,
@@ -37,7 +38,8 @@ from .images import (IMAGE_SUFFIXES, ArrayImageDataset, ImageFileDataset, collat
 from .text import (TEXT_SUFFIXES, TextCollate, TextDataset, checked_max_length, find_text_files,
                    load_tokenizer, read_text_task)
 
-__all__ = ["Batch", "TaskData", "load_data", "make_loader", "require_split", "check_num_classes"]
+__all__ = ["Batch", "LabelSites", "TaskData", "load_data", "make_loader", "require_split",
+           "check_num_classes"]
 
 _ACCEPTED = (
     "class folders DIR/train/<class>/*.png (plus DIR/val/, DIR/test/) or DIR/<class>/*.png "
@@ -63,8 +65,11 @@ def load_data(
     """Read ``source`` into a :class:`TaskData` with model-ready splits.
 
     ``limit`` caps examples per split (a seeded, stratified sample; class count and names
-    still come from all the data). Image files are checked cheaply up front; unreadable
-    ones are skipped and listed in ``skipped`` (``on_corrupt="skip"``) or stop the load.
+    still come from all the data). Labels are checked first: fewer than two classes, or
+    integer class ids with a gap, are refused naming the file and line. Every image file is
+    then decoded once up front (so none can fail mid-epoch); unreadable ones are skipped and
+    listed in ``skipped`` (``on_corrupt="skip"``; :meth:`TaskData.skipped_report` words it
+    for the user) or stop the load.
     """
     if kind not in (None, "image", "text"):
         raise DataError(f"data kind must be 'image' or 'text', got {kind!r}.")
@@ -76,6 +81,8 @@ def load_data(
     raw = read_source(source, kind)
     if kind is not None and raw.kind != kind:
         raise DataError(f"{source} holds {raw.kind} data ({raw.layout}), but {kind} data was asked for.")
+    sites = label_sites(raw)
+    check_labels(raw, str(source), sites)  # before any image is decoded: it is cheap
     splits, skipped = _datasets(raw, model, image_size, limits, seed, on_corrupt)
     if raw.kind == "image":
         collate: Callable[[list], Batch] = collate_images
@@ -83,7 +90,7 @@ def load_data(
         tokenizer = load_tokenizer(model, tokenizer_source)
         collate = TextCollate(tokenizer, checked_max_length(tokenizer, max_length))
     return TaskData(raw.kind, len(raw.class_names), list(raw.class_names), splits, collate,
-                    str(source), skipped, raw.layout, raw.split_hint)
+                    str(source), skipped, raw.layout, raw.split_hint, on_corrupt, sites)
 
 
 def read_source(source: str, kind: str | None = None) -> RawTask:
@@ -153,7 +160,8 @@ def _datasets(
         elif isinstance(items, np.ndarray):
             splits[name] = ArrayImageDataset(items, targets, prep)
         else:
-            paths, targets, bad = drop_unreadable(items, targets, on_corrupt, split.where, checked)
+            paths, targets, bad = drop_unreadable(items, targets, on_corrupt, split.where, checked,
+                                                  prep.mode)
             skipped += bad
             if not paths:
                 raise DataError(f"no readable images in {split.where}: all {len(bad)} are corrupt or "
@@ -185,12 +193,27 @@ def require_split(data: TaskData, split: str) -> Dataset:
 
 
 def check_num_classes(data: TaskData, num_classes: int) -> None:
-    """The model's head must have exactly as many outputs as the data has classes."""
-    if num_classes != data.num_classes:
+    """The model's head must have exactly as many outputs as the data has classes. When the
+    labels were read from lines of files, a label the head cannot score is named by file and
+    line (a stray label is more often the mistake than the head size)."""
+    if num_classes == data.num_classes:
+        return
+    beyond = [(label, site) for label, site in data.label_sites.items() if label >= num_classes]
+    if num_classes < data.num_classes and beyond and num_classes >= 1:
+        label, site = beyond[0]  # the first such line read
+        lines = sum(s.count for _, s in beyond)
+        shown = few([f"{line} (label {t})" for t, s in beyond for line in s.first])
         raise DataError(
-            f"the data has {data.num_classes} classes but the model's head has {num_classes} "
-            f"outputs; pass --num-classes {data.num_classes} to glorac compile."
+            f"{site.first[0]}: label {label}, but the model's head has {num_classes} outputs "
+            f"(labels 0–{num_classes - 1}); {lines} line(s) in {data.source} have a label of "
+            f"{num_classes} or more: {shown}. If those labels are mistakes, fix them; if the data "
+            f"really has {data.num_classes} classes, pass --num-classes {data.num_classes} to "
+            "glorac compile."
         )
+    raise DataError(
+        f"the data has {data.num_classes} classes but the model's head has {num_classes} "
+        f"outputs; pass --num-classes {data.num_classes} to glorac compile."
+    )
 
 
 def make_loader(

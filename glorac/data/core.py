@@ -7,8 +7,10 @@ integer targets), a batch is a :class:`Batch`, a task is a :class:`TaskData`.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -61,11 +63,31 @@ class TaskData:
     layout: str = ""
     # How to add a missing split to this layout ({split} is filled in); see require_split.
     split_hint: str = field(default="", repr=False)
+    # What was done with unreadable image files ("skip" or "stop"); see skipped_report.
+    on_corrupt: str = "skip"
+    # Class id -> where it was written (list files, CSV/JSONL), from all of the data (before
+    # any limit); empty when labels come from folder names or a built-in.
+    label_sites: dict[int, "LabelSites"] = field(default_factory=dict, repr=False)
 
     def describe(self) -> str:
         sizes = " / ".join(f"{name} {len(ds)}" for name, ds in self.splits.items())
         extra = f", {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""
         return f"{self.source}: {self.kind}, {self.num_classes} classes, {sizes}{extra}"
+
+    def skipped_report(self, shown: int = 3) -> Optional[str]:
+        """One paragraph naming the image files left out as unreadable (their count, the
+        first ``shown`` with the reason), for the user to read before work starts; None when
+        nothing was skipped."""
+        if not self.skipped:
+            return None
+        root = os.path.join(str(Path(self.source).expanduser()), "")
+        names = [entry[len(root):] if entry.startswith(root) else entry for entry in self.skipped]
+        listing = "; ".join(names[:shown])
+        if len(names) > shown:
+            listing += f"; and {len(names) - shown} more"
+        return (f"skipped {len(self.skipped)} unreadable image(s) in {self.source} "
+                f"(on_corrupt={self.on_corrupt}): {listing}. Remove or fix them, or pass "
+                "--on-corrupt stop to refuse them.")
 
 
 @dataclass
@@ -76,6 +98,9 @@ class RawSplit:
     items: list | np.ndarray
     targets: list[int]
     where: str
+    # The line of the file ``where`` each item was read from (list files, CSV/JSONL), for
+    # messages that name the line of a bad label; None when items do not come from lines.
+    lines: list[int] | None = None
 
 
 @dataclass
@@ -88,6 +113,70 @@ class RawTask:
     layout: str
     # How to add a split this layout lacks, {split} filled in (for require_split).
     split_hint: str = ""
+    # How the files name classes: "ids" (integer class ids, written by the user: gaps are
+    # possible), "names" (class names in the files), "folders" (class folder names) or ""
+    # (a built-in).
+    labels: str = ""
+
+
+@dataclass
+class LabelSites:
+    """Where one class id was written: on how many lines, and the first few of them
+    (``train800.txt line 412``), in reading order."""
+
+    count: int = 0
+    first: list[str] = field(default_factory=list)
+
+
+def label_sites(raw: RawTask, keep: int = 3) -> dict[int, LabelSites]:
+    """Class id -> its :class:`LabelSites`, over the splits read from lines of a file. The
+    dict is ordered by first appearance (splits in order, lines in order)."""
+    sites: dict[int, LabelSites] = {}
+    for split in raw.splits.values():
+        if split.lines is None:
+            continue
+        name = Path(split.where).name
+        for target, line in zip(split.targets, split.lines):
+            site = sites.setdefault(int(target), LabelSites())
+            site.count += 1
+            if len(site.first) < keep:
+                site.first.append(f"{name} line {line}")
+    return sites
+
+
+def check_labels(raw: RawTask, source: str, sites: dict[int, LabelSites]) -> None:
+    """Refuse labels no classifier should train on: fewer than two classes, and class ids
+    with a gap (some id never appears although a larger one does): the message names the
+    file and line of the label past the gap."""
+    used = sorted({int(t) for split in raw.splits.values() for t in split.targets})
+    if len(used) < 2:
+        what = {"ids": "label", "folders": "class folder", "names": "label"}.get(raw.labels, "class")
+        name = raw.class_names[used[0]] if used else "none"
+        shown = f"{name!r}" if raw.labels == "names" else f"{name}/" if raw.labels == "folders" else name
+        raise DataError(
+            f"{source} has only 1 class ({what} {shown}); a classifier needs at least two. Add "
+            "examples of at least one more class."
+        )
+    if raw.labels != "ids":
+        return
+    missing = sorted(set(range(used[-1] + 1)) - set(used))
+    if not missing:
+        return
+    gap = missing[0]
+    label = min(u for u in used if u > gap)
+    site = sites.get(label)
+    where = site.first[0] if site else source
+    below = ("" if gap == 0 else "label 0 is used and " if gap == 1 else f"labels 0–{gap - 1} are used and ")
+    never = f"{gap} never appears" if len(missing) == 1 else f"{few([str(m) for m in missing], 5)} never appear"
+    files = "the list files" if raw.layout == "VTAB-1k list files" else "the labels"
+    on = (f" Label {label} is on {site.count} line(s): {few(site.first)}." if site else "")
+    fix = (" Class ids start at 0: if yours start at 1, subtract 1 from every label." if gap == 0 else
+           " If that label is a mistake, fix it; if not, renumber the classes "
+           f"0–{len(used) - 1} so that no id is missing.")
+    raise DataError(
+        f"{where}: label {label}, but {below}{never}; {files} in {source} give {len(used)} "
+        f"classes with a gap, and class ids must be 0..K-1 with every id used.{on}{fix}"
+    )
 
 
 class LabeledDataset(Dataset):

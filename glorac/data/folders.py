@@ -74,7 +74,8 @@ def read_split_folders(root: Path, dirs: dict[str, Path]) -> RawTask:
             targets = [index[name] for name in per_split[split] for _ in per_split[split][name]]
             splits[split] = RawSplit(paths, targets, f"{dirs[split]}/")
     return RawTask("image", names, splits, "class folders with split folders",
-                   split_hint=f"put its images in {root}/{{split}}/<class>/ (one folder per class).")
+                   split_hint=f"put its images in {root}/{{split}}/<class>/ (one folder per class).",
+                   labels="folders")
 
 
 def read_class_folders(root: Path) -> RawTask:
@@ -87,6 +88,7 @@ def read_class_folders(root: Path) -> RawTask:
         "image", names, {"train": RawSplit(paths, targets, f"{root}/")}, "class folders (train only)",
         split_hint=(f"{root} holds class folders directly, so all of it is the train split. Move "
                     f"them into {root}/train/ and put {{split}} images in {root}/{{split}}/<class>/."),
+        labels="folders",
     )
 
 
@@ -116,13 +118,30 @@ def read_vtab(root: Path) -> RawTask:
     splits = {split: _read_list_file(path, root) for split, path in lists.items()}
     num_classes = max(max(s.targets) for s in splits.values()) + 1
     ordered = {s: splits[s] for s in ("train", "val", "trainval", "test") if s in splits}
+    _check_one_label_per_image(ordered)
     return RawTask("image", [str(i) for i in range(num_classes)], ordered, "VTAB-1k list files",
                    split_hint=f"add a list file for it next to the others in {root} "
-                              f"({', '.join(f'{s}: {n}' for s, n in VTAB_LISTS.items())}).")
+                              f"({', '.join(f'{s}: {n}' for s, n in VTAB_LISTS.items())}).",
+                   labels="ids")
+
+
+def _check_one_label_per_image(splits: dict[str, RawSplit]) -> None:
+    """An image listed twice (in one list file, or in train800.txt and train800val200.txt)
+    must have the same label each time."""
+    seen: dict[Path, tuple[int, str]] = {}
+    for split in splits.values():
+        name = Path(split.where).name
+        for path, target, line in zip(split.items, split.targets, split.lines or []):
+            first = seen.setdefault(path, (target, f"{name} line {line}"))
+            if first[0] != target:
+                raise DataError(
+                    f"{name} line {line}: {path.name} has label {target}, but {first[1]} gives the "
+                    f"same image label {first[0]}; an image has one class. Fix one of the two lines."
+                )
 
 
 def _read_list_file(path: Path, root: Path) -> RawSplit:
-    paths, targets, missing = [], [], []
+    paths, targets, lines, missing = [], [], [], []
     for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -144,6 +163,7 @@ def _read_list_file(path: Path, root: Path) -> RawSplit:
             missing.append(f"{path.name}:{lineno} {relative}")
         paths.append(file)
         targets.append(target)
+        lines.append(lineno)
     if missing:
         raise DataError(
             f"{len(missing)} image(s) listed in {path} do not exist: {few(missing)}. Paths in a "
@@ -152,4 +172,4 @@ def _read_list_file(path: Path, root: Path) -> RawSplit:
         )
     if not paths:
         raise DataError(f"list file {path} lists no images; expected lines `relative/path label`.")
-    return RawSplit(paths, targets, str(path))
+    return RawSplit(paths, targets, str(path), lines)

@@ -33,6 +33,7 @@ _RESAMPLE = {
 }
 # Threads for the up-front check; decoding dominates and releases the GIL.
 _CHECK_THREADS = 8
+_CHECK_CHUNK = 32  # files per task: a thread-pool task costs about as much as a tiny image
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,18 @@ def drop_unreadable(
     """Check every file (each path once per ``cache``); skip the bad ones (reported as
     ``path: reason``) or stop."""
     todo = list(dict.fromkeys(p for p in paths if p not in cache))
-    threads = min(_CHECK_THREADS, os.cpu_count() or 1, len(todo))
+    chunks = [todo[i:i + _CHECK_CHUNK] for i in range(0, len(todo), _CHECK_CHUNK)]
+    threads = min(_CHECK_THREADS, os.cpu_count() or 1, len(chunks))
+
+    def check(chunk: list[Path]) -> list[str | None]:
+        return [image_problem(p, mode) for p in chunk]
+
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
-            cache.update(zip(todo, pool.map(lambda p: image_problem(p, mode), todo, chunksize=16)))
+            results = [r for rs in pool.map(check, chunks) for r in rs]
     else:
-        cache.update((p, image_problem(p, mode)) for p in todo)
+        results = check(todo)
+    cache.update(zip(todo, results))
     kept_paths, kept_targets, bad = [], [], []
     for path, target in zip(paths, targets):
         if cache[path] is None:

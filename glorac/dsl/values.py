@@ -83,6 +83,8 @@ def read_float(
         value = float(digits)
     except ValueError:
         return None, (f"{what} must be a number, not `{text}`", None)
+    if math.isnan(value):
+        return None, (f"{what} must be a number, not `{text}`", "write an ordinary number such as 1e-4")
     if not math.isfinite(value):
         return None, (f"{what} is too large: `{text}`", "write an ordinary number such as 1e-4")
     if minimum is not None and (value <= minimum if strict else value < minimum):

@@ -141,6 +141,7 @@ def fold_tensors(state: State, layers: Iterable[LayerPlan], adapters: Mapping[st
     for lp in layers:
         name, choice, adapter = lp.qualname, structure.layers[lp.qualname], adapters[lp.qualname]
         w0 = state[f"{name}.weight"]
+        w0 = w0.t() if lp.site.transposed else w0  # Conv1D stores (in, out): fold its Linear view
         b0 = state[f"{name}.bias"] if lp.site.has_bias else None
         w, b = fold_layer(name, adapter, choice, w0, b0)
         delta = rel = float("nan")
@@ -149,6 +150,7 @@ def fold_tensors(state: State, layers: Iterable[LayerPlan], adapters: Mapping[st
             # it and whatever was folded before it (a whole model, one file of shards).
             generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
             delta, rel = probe_layer(adapter, choice, w0, b0, w, b, generator)
+        w = w.t().contiguous() if lp.site.transposed else w
         entries = {f"{name}.weight": w} if b is None else {f"{name}.weight": w, f"{name}.bias": b}
         row = LayerFold(layer=name, structure=str(choice), params=choice_param_count(choice, adapter.geom),
                         max_abs_delta=delta, rel_delta=rel)

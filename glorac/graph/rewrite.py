@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..op import GloraAdapter, GloraConv2d, GloraLinear, build_adapter_for
+from ..op import GloraAdapter, GloraConv1D, GloraConv2d, GloraLinear, build_adapter_for
 from ..planning import Plan
 from .trace import ModeGraphs
 
@@ -56,7 +56,8 @@ def rewrite(
             base = model.get_submodule(lp.qualname)
             adapter = build_adapter_for(base, lp.space, dtype=adapter_dtype, generator=generator,
                                         parametrization=parametrization)
-            wrapper = GloraLinear(base, adapter) if isinstance(base, nn.Linear) else GloraConv2d(base, adapter)
+            wrapper = (GloraConv1D(base, adapter) if lp.site.transposed else
+                       GloraLinear(base, adapter) if isinstance(base, nn.Linear) else GloraConv2d(base, adapter))
             for target in targets:
                 set_submodule(target, lp.qualname, wrapper, owned)
         adapters[lp.qualname] = adapter

@@ -13,17 +13,23 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..op import unsupported_subclass
+from ..op import is_transposed_linear, unsupported_subclass
 from ..planning import Site
 
 _LINEAR_FUNCTIONS = {F.linear}
 
 
 def module_sites(model: nn.Module) -> list[Site]:
-    """Every nn.Linear and nn.Conv2d, with why it cannot be adapted where it cannot."""
+    """Every nn.Linear and nn.Conv2d (and transformers' Conv1D, a Linear stored transposed),
+    with why it cannot be adapted where it cannot."""
     tied = tied_names(model)
     sites = []
     for name, m in model.named_modules():
+        if is_transposed_linear(m):
+            nx, nf = m.weight.shape
+            sites.append(Site(qualname=name, type="Linear", in_features=nx, out_features=nf, transposed=True,
+                              has_bias=m.bias is not None, unsupported=_tie_reason(f"{name}.weight", tied)))
+            continue
         if not isinstance(m, (nn.Linear, nn.Conv2d)):
             continue
         reason = unsupported_subclass(m) or _tie_reason(f"{name}.weight", tied)
