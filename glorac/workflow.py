@@ -7,6 +7,7 @@ and writes what it produced; on one process or, under ``torchrun``, on every ran
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -24,10 +25,17 @@ from .safeio import check_output
 from .structure_files import read_structure, write_structure
 
 
-def data_for(supernet, source: str, **kwargs) -> TaskData:
-    """The task data for a supernet's base model (preprocessing from the model's config)."""
-    data = load_data(source, model=supernet.base_model, **kwargs)
-    stages.check_head(supernet.base_model, data)
+def data_for(model_or_supernet, source: str, **kwargs) -> TaskData:
+    """The task data for a model (preprocessing from its config); files skipped as
+    unreadable are reported on stderr before any work starts."""
+    from .supernet import Supernet
+
+    base = model_or_supernet.base_model if isinstance(model_or_supernet, Supernet) else model_or_supernet
+    data = load_data(source, model=base, **kwargs)
+    stages.check_head(base, data)
+    report = data.skipped_report()
+    if report:
+        print(f"glorac: {report}", file=sys.stderr)
     return data
 
 
@@ -208,10 +216,7 @@ def evaluate_path(path: str, data_source: str, *, split: str = "test", structure
                   batch_size: int = 64, device: str = "cpu", data_options: Optional[dict] = None) -> dict:
     check_data_source(data_source)
     model, what = load_for_eval(path, structure=structure, device=device)
-    from .supernet import Supernet
-
-    base = model.base_model if isinstance(model, Supernet) else model
-    data = load_data(data_source, model=base, **(data_options or {}))
+    data = data_for(model, data_source, **(data_options or {}))
     result = stages.evaluate(model, data, split, batch_size=batch_size, device=device)
     result.update(what=what, split=split)
     return result

@@ -58,6 +58,11 @@ def class_tree(root: Path, classes=("cat", "dog"), per_class=2) -> Path:
     return root
 
 
+def other_class(root: Path) -> Path:
+    """A second class folder (one image): data with a single class is refused."""
+    return png(root / "zz_other" / "other.png", color=(1, 2, 3))
+
+
 def load(source, **kwargs) -> TaskData:
     kwargs.setdefault("model", TimmLike())
     return load_data(str(source), **kwargs)
@@ -162,7 +167,8 @@ def test_vtab_list_files(tmp_path):
 
 def test_vtab_lists_take_precedence_and_paths_may_hold_spaces(tmp_path):
     png(tmp_path / "my images" / "a b.png")
-    write_lines(tmp_path / "train800.txt", ["my images/a b.png 1"])
+    png(tmp_path / "other.png")
+    write_lines(tmp_path / "train800.txt", ["my images/a b.png 1", "other.png 0"])
     data = load(tmp_path)
     assert data.layout == "VTAB-1k list files" and data.num_classes == 2
     assert "val200.txt" in pytest.raises(DataError, require_split, data, "val").value.args[0]
@@ -196,6 +202,7 @@ def test_vtab_list_file_not_utf8(tmp_path):
 def test_known_pixel_is_normalised_with_the_models_mean_and_std(tmp_path):
     color = (200, 100, 50)
     png(tmp_path / "train" / "a" / "x.png", color=color, size=(7, 3))
+    other_class(tmp_path / "train")
     x, _ = load(tmp_path).splits["train"][0]
     assert x.shape == (3, 20, 20) and x.dtype == torch.float32
     mean, std = TimmLike.pretrained_cfg["mean"], TimmLike.pretrained_cfg["std"]
@@ -206,6 +213,7 @@ def test_known_pixel_is_normalised_with_the_models_mean_and_std(tmp_path):
 
 def test_image_size_overrides_the_models_size(tmp_path):
     png(tmp_path / "train" / "a" / "x.png")
+    other_class(tmp_path / "train")
     assert load(tmp_path, image_size=12).splits["train"][0][0].shape == (3, 12, 12)
 
 
@@ -213,6 +221,7 @@ def test_grayscale_and_palette_images_become_three_channels(tmp_path):
     png(tmp_path / "train" / "a" / "gray.png", color=128, mode="L")
     png(tmp_path / "train" / "a" / "palette.png", color=3, mode="P")
     png(tmp_path / "train" / "a" / "alpha.png", color=(10, 20, 30, 0), mode="RGBA")
+    other_class(tmp_path / "train")
     dataset = load(tmp_path).splits["train"]
     gray = next(dataset[i][0] for i in range(3) if dataset.items[i].name == "gray.png")
     mean, std = TimmLike.pretrained_cfg["mean"], TimmLike.pretrained_cfg["std"]
@@ -224,6 +233,7 @@ def test_grayscale_and_palette_images_become_three_channels(tmp_path):
 def test_real_timm_model_config_and_its_own_image_size(tmp_path):
     timm = pytest.importorskip("timm")
     png(tmp_path / "train" / "a" / "x.png", color=(255, 255, 255))
+    other_class(tmp_path / "train")
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=2)
     x, _ = load(tmp_path, model=vit).splits["train"][0]
     assert x.shape == (3, 32, 32)  # the model's patch embedding size, not its config's 224
@@ -232,6 +242,7 @@ def test_real_timm_model_config_and_its_own_image_size(tmp_path):
 
 def test_non_timm_model_needs_an_image_size_and_uses_imagenet_statistics(tmp_path):
     png(tmp_path / "train" / "a" / "x.png", color=(0, 0, 0))
+    other_class(tmp_path / "train")
     message = error_of(tmp_path, model=nn.Linear(2, 2))
     assert "--image-size" in message and "Linear" in message
     x, _ = load(tmp_path, model=nn.Linear(2, 2), image_size=9).splits["train"][0]
@@ -280,11 +291,13 @@ def test_corrupt_image_stops_the_load_when_asked(tmp_path):
 
 def test_split_with_only_corrupt_images(tmp_path):
     corrupt_png(tmp_path / "train" / "cat" / "a.png")
+    corrupt_png(tmp_path / "train" / "dog" / "b.png")
     assert "no readable images" in error_of(tmp_path)
 
 
 def test_image_corrupted_after_loading_is_a_data_error(tmp_path):
     path = png(tmp_path / "train" / "a" / "x.png")
+    other_class(tmp_path / "train")
     data = load(tmp_path)
     path.write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot decode image .*x.png"):
@@ -342,7 +355,7 @@ def test_text_tokenisation_with_minilm(tmp_path, minilm_dir):
 
 
 def test_text_needs_a_tokenizer(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}])
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
     message = error_of(path, model=nn.Linear(1, 1))
     assert "--tokenizer DIR" in message
     hub = nn.Linear(1, 1)

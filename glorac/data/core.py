@@ -168,6 +168,8 @@ def check_labels(raw: RawTask, source: str, sites: dict[int, LabelSites]) -> Non
     where = site.first[0] if site else source
     below = ("" if gap == 0 else "label 0 is used and " if gap == 1 else f"labels 0–{gap - 1} are used and ")
     never = f"{gap} never appears" if len(missing) == 1 else f"{few([str(m) for m in missing], 5)} never appear"
+    if not below:
+        never = "label " + never if len(missing) == 1 else "labels " + never
     files = "the list files" if raw.layout == "VTAB-1k list files" else "the labels"
     on = (f" Label {label} is on {site.count} line(s): {few(site.first)}." if site else "")
     fix = (" Class ids start at 0: if yours start at 1, subtract 1 from every label." if gap == 0 else

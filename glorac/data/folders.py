@@ -118,14 +118,14 @@ def read_vtab(root: Path) -> RawTask:
     splits = {split: _read_list_file(path, root) for split, path in lists.items()}
     num_classes = max(max(s.targets) for s in splits.values()) + 1
     ordered = {s: splits[s] for s in ("train", "val", "trainval", "test") if s in splits}
-    _check_one_label_per_image(ordered)
+    _check_one_label_per_image(ordered, root)
     return RawTask("image", [str(i) for i in range(num_classes)], ordered, "VTAB-1k list files",
                    split_hint=f"add a list file for it next to the others in {root} "
                               f"({', '.join(f'{s}: {n}' for s, n in VTAB_LISTS.items())}).",
                    labels="ids")
 
 
-def _check_one_label_per_image(splits: dict[str, RawSplit]) -> None:
+def _check_one_label_per_image(splits: dict[str, RawSplit], root: Path) -> None:
     """An image listed twice (in one list file, or in train800.txt and train800val200.txt)
     must have the same label each time."""
     seen: dict[Path, tuple[int, str]] = {}
@@ -135,7 +135,8 @@ def _check_one_label_per_image(splits: dict[str, RawSplit]) -> None:
             first = seen.setdefault(path, (target, f"{name} line {line}"))
             if first[0] != target:
                 raise DataError(
-                    f"{name} line {line}: {path.name} has label {target}, but {first[1]} gives the "
+                    f"{name} line {line}: {os.path.relpath(path, root)} has label {target}, but "
+                    f"{first[1]} gives the "
                     f"same image label {first[0]}; an image has one class. Fix one of the two lines."
                 )
 

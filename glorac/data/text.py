@@ -21,7 +21,7 @@ TEXT_SUFFIXES = (".jsonl", ".csv", ".tsv")
 _SPLIT_STEMS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _INT = re.compile(r"[+-]?\d+")
 
-Record = tuple[str, "int | str", str]  # text, raw label, "file:line" for messages
+Record = tuple[str, "int | str", str, int]  # text, raw label, "file:line" for messages, line
 
 
 class TextDataset(LabeledDataset):
@@ -60,10 +60,11 @@ def find_text_files(root: Path) -> dict[str, Path]:
 
 def read_text_task(files: dict[str, Path], layout: str, hint: str) -> RawTask:
     records = {split: read_records(path) for split, path in files.items()}
-    names, targets = _label_space(records)
-    splits = {split: RawSplit([r[0] for r in records[split]], targets[split], str(files[split]))
+    names, targets, labels = _label_space(records)
+    splits = {split: RawSplit([r[0] for r in records[split]], targets[split], str(files[split]),
+                              [r[3] for r in records[split]])
               for split in ("train", "val", "test") if split in records}
-    return RawTask("text", names, splits, layout, split_hint=hint)
+    return RawTask("text", names, splits, layout, split_hint=hint, labels=labels)
 
 
 def read_records(path: Path) -> list[Record]:
@@ -89,7 +90,7 @@ def _read_jsonl(path: Path, text: str) -> list[Record]:
         if not isinstance(row, dict) or "text" not in row or "label" not in row:
             got = f"fields {few(sorted(row), 5)}" if isinstance(row, dict) else f"a {type(row).__name__}"
             raise DataError(f'{where}: expected an object with fields "text" and "label", got {got}.')
-        records.append(_record(row["text"], row["label"], where))
+        records.append(_record(row["text"], row["label"], where, lineno))
     return records
 
 
@@ -110,11 +111,11 @@ def _read_csv(path: Path, text: str) -> list[Record]:
         if row.get(text_key) is None or row.get(label_key) is None:
             raise DataError(f"{where}: the row has fewer columns than the header; quote texts "
                             'that contain the delimiter ("a, b").')
-        records.append(_record(row[text_key], row[label_key], where))
+        records.append(_record(row[text_key], row[label_key], where, reader.line_num))
     return records
 
 
-def _record(text, label, where: str) -> Record:
+def _record(text, label, where: str, line: int) -> Record:
     if not isinstance(text, str):
         raise DataError(f"{where}: `text` must be a string, got {type(text).__name__}.")
     if isinstance(label, str):
@@ -124,22 +125,41 @@ def _record(text, label, where: str) -> Record:
     elif isinstance(label, bool) or not isinstance(label, int):
         raise DataError(f"{where}: `label` must be an integer class id or a class name string, "
                         f"got {label!r}.")
-    return text, label, where
+    return text, label, where, line
 
 
-def _label_space(records: dict[str, list[Record]]) -> tuple[list[str], dict[str, list[int]]]:
-    """Integer labels (ints or integer strings everywhere) are class ids; otherwise the
-    sorted distinct strings are the classes."""
+def _label_space(records: dict[str, list[Record]]) -> tuple[list[str], dict[str, list[int]], str]:
+    """(class names, targets per split, "ids" or "names"). Integer labels (ints or integer
+    strings everywhere) are class ids; otherwise the sorted distinct strings are the
+    classes. A mix of the two is refused, naming the first line of the rarer kind."""
     every = [r for rs in records.values() for r in rs]
-    if all(isinstance(r[1], int) or _INT.fullmatch(r[1]) for r in every):
+    is_id = [isinstance(r[1], int) or bool(_INT.fullmatch(r[1])) for r in every]
+    if all(is_id):
         negative = next((r for r in every if int(r[1]) < 0), None)
         if negative is not None:
             raise DataError(f"{negative[2]}: negative label {negative[1]}; class ids start at 0.")
         count = max(int(r[1]) for r in every) + 1
-        return [str(i) for i in range(count)], {s: [int(r[1]) for r in rs] for s, rs in records.items()}
+        targets = {s: [int(r[1]) for r in rs] for s, rs in records.items()}
+        return [str(i) for i in range(count)], targets, "ids"
+    ids = sum(is_id)
+    if ids:
+        odd_is_id = ids * 2 <= len(every)  # name the first label of the rarer kind
+        odd = next(r for r, i in zip(every, is_id) if i == odd_is_id)
+        other = next(r for r, i in zip(every, is_id) if i != odd_is_id)
+        kinds = ("an integer class id", "a class name")
+        raise DataError(
+            f"{_site(odd)}: label {odd[1]!r} is {kinds[not odd_is_id]}, but {_site(other)} has "
+            f"label {other[1]!r}, {kinds[odd_is_id]} ({ids} of {len(every)} labels are integer "
+            "ids). Use one kind for every label: integer class ids 0..K-1, or class names."
+        )
     names = sorted({str(r[1]) for r in every})
     index = {name: i for i, name in enumerate(names)}
-    return names, {s: [index[str(r[1])] for r in rs] for s, rs in records.items()}
+    return names, {s: [index[str(r[1])] for r in rs] for s, rs in records.items()}, "names"
+
+
+def _site(record: Record) -> str:
+    """``train.csv line 12``: the file and line a record came from, for label messages."""
+    return f"{Path(record[2].rsplit(':', 1)[0]).name} line {record[3]}"
 
 
 # ------------------------------------------------------------------------- tokenizer
