@@ -87,7 +87,7 @@ def register(sub) -> None:
     _data_args(p)
     p.add_argument("--split", default="test", help="train, val or test (default: test)")
     _structure_arg(p, "structure JSON for a supernet checkpoint (default: its selected one)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 

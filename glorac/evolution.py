@@ -347,13 +347,16 @@ def _children(codec: _Codec, parents: list[Genome], settings: SearchSettings, bu
     out: dict[Genome, None] = {}
 
     def breed(count: int, make: Callable[[], Genome]) -> None:
-        wanted = len(out) + count
-        for _ in range(count * MAX_TRIES_PER_CHILD):
-            if len(out) == wanted:
-                return
+        wanted, misses = len(out) + count, 0
+        # Bounded by consecutive misses, not by count: once (nearly) every structure within
+        # budget has been seen, a huge count must not turn into a near-endless loop.
+        while len(out) < wanted and misses < MAX_TRIES_PER_CHILD * 5:
             child = make()
-            if child not in seen:
-                out.setdefault(child, None)
+            if child in seen or child in out:
+                misses += 1
+            else:
+                out[child] = None
+                misses = 0
 
     breed(settings.mutations,
           lambda: _mutate(codec, rng.choice(parents), settings.mutation_prob, budget, rng, fill))

@@ -227,14 +227,21 @@ class SettingConflict(NamedTuple):
         return self.why or self.fix_naming(str)
 
 
+#: Upper limits that only catch typos: a search of more structures per generation than
+#: this would not finish, and an AdamW learning rate above this diverges at once (and
+#: 1e300 overflows float32 on the first step).
+MAX_STRUCTURES = 1_000_000
+MAX_LR = 10.0
+
+
 class SearchSettings(_Frozen):
     """Evolutionary search (paper defaults, DESIGN.md §2)."""
 
-    population: int = Field(default=50, ge=2)
-    generations: int = Field(default=20, ge=1)
-    parents: int = Field(default=10, ge=1)
-    mutations: int = Field(default=25, ge=0)
-    crossovers: int = Field(default=25, ge=0)
+    population: int = Field(default=50, ge=2, le=MAX_STRUCTURES)
+    generations: int = Field(default=20, ge=1, le=MAX_STRUCTURES)
+    parents: int = Field(default=10, ge=1, le=MAX_STRUCTURES)
+    mutations: int = Field(default=25, ge=0, le=MAX_STRUCTURES)
+    crossovers: int = Field(default=25, ge=0, le=MAX_STRUCTURES)
     mutation_prob: float = Field(default=0.2, ge=0.0, le=1.0)
     seed: int = Field(default=0, ge=0)
     # Grow every new structure until no upgrade fits the budget (glorac.evolution):
@@ -256,14 +263,14 @@ class TrainSettings(_Frozen):
     """Supernet training (paper's ViT-B/16 VTAB-1k recipe, DESIGN.md §2)."""
 
     epochs: int = Field(default=500, ge=1)
-    lr: float = Field(default=1e-4, gt=0.0)
+    lr: float = Field(default=1e-4, gt=0.0, le=MAX_LR)
     weight_decay: float = Field(default=1e-4, ge=0.0)
     batch_size: int = Field(default=64, ge=1)
     warmup_epochs: int = Field(default=10, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr: float = Field(default=1e-8, ge=0.0)
+    min_lr: float = Field(default=1e-8, ge=0.0, le=MAX_LR)
     grad_clip: Optional[float] = Field(default=None, gt=0.0)
-    head_lr: Optional[float] = Field(default=None, gt=0.0)  # lr of the `train` modules (default: lr)
+    head_lr: Optional[float] = Field(default=None, gt=0.0, le=MAX_LR)  # lr of the `train` modules (default: lr)
     seed: int = Field(default=0, ge=0)
     # How stored adapter values map to A..E (glorac.kinds.kind_scale): fixed at compile
     # time, stored with the spec, folded exactly. `paper` is the authors' code.

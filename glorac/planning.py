@@ -150,11 +150,13 @@ class Plan(BaseModel):
         if unknown:
             raise PlanError(f"structure names layers this supernet does not adapt: {', '.join(unknown[:5])}"
                             f"{' ...' if len(unknown) > 5 else ''}; it adapts e.g. "
-                            f"{', '.join(list(spaces)[:3])}")
+                            f"{', '.join(list(spaces)[:3])}. Use a structure written for this checkpoint "
+                            "(`glorac search ... --structure FILE` on it).")
         missing = [n for n in spaces if n not in layers]
         if missing and not partial:
             raise PlanError(f"structure lacks {len(missing)} adapted layer(s), e.g. {missing[0]}; "
-                            "give a choice for every layer (or partial=True)")
+                            "give a choice for every layer (or partial=True), e.g. use the structure file "
+                            "`glorac search --structure FILE` wrote for this checkpoint")
         for name, choice in layers.items():
             space = spaces[name]
             if not choice_in_space(choice, space):

@@ -39,6 +39,12 @@ def data_for(model_or_supernet, source: str, **kwargs) -> TaskData:
     return data
 
 
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise GloraError(f"--batch-size {batch_size}: the evaluation batch size must be a whole number ≥ 1; "
+                         "pass e.g. --batch-size 64, or leave it out.")
+
+
 def check_data_source(source: str) -> None:
     """The cheap part of reading ``--data``: the built-in name or the path exists. Run
     before the model is built, so a typo costs milliseconds, not a model load."""
@@ -172,6 +178,7 @@ def search_checkpoint(checkpoint: str, data_source: str, *, output: str, budget:
                       plot: Optional[str] = None, force: bool = False, dist: Dist = Dist(),
                       batch_size: int = 64, data_options: Optional[dict] = None, progress: bool = True):
     """Evolutionary search on the val split; writes a checkpoint with the chosen structure."""
+    check_batch_size(batch_size)
     for path, what in ((output, "output"), (structure_out, "structure file"), (plot, "plot")):
         if path:
             check_output(path, force=force, what=what)
@@ -214,6 +221,7 @@ def load_for_eval(path: str, *, structure: Optional[str] = None, device: str = "
 
 def evaluate_path(path: str, data_source: str, *, split: str = "test", structure: Optional[str] = None,
                   batch_size: int = 64, device: str = "cpu", data_options: Optional[dict] = None) -> dict:
+    check_batch_size(batch_size)
     check_data_source(data_source)
     model, what = load_for_eval(path, structure=structure, device=device)
     data = data_for(model, data_source, **(data_options or {}))

@@ -104,8 +104,10 @@ def read_param_count(text: str) -> tuple[Optional[int], Problem]:
         value = Decimal(digits) * UNITS[unit]
     except DecimalException:
         return None, (f"`{text}` is not a parameter count", "write e.g. 860K or 0.86M")
+    if not value.is_finite():  # nan, inf: Decimal reads them, comparisons would raise
+        return None, (f"`{text}` is not a parameter count", "write e.g. 860K or 0.86M")
     if value < 1:
-        return None, (f"budget must be at least 1 parameter, got {_shown(text)}", None)
+        return None, (f"budget must be at least 1 parameter, got {_shown(text)}", "write e.g. 860K or 0.86M")
     if value > MAX_PARAMS:
         return None, (f"budget {_shown(text)} is too large", "no model has 10¹⁵ parameters; check the unit")
     if value != value.to_integral_value():
