@@ -210,7 +210,7 @@ def cmd_search(args) -> int:
             from .evolution import describe_best
 
             print_search(result)
-            print(describe_best(result))
+            print(describe_best(result, supernet.history.search.task))
             print(f"wrote {args.output}" + (f", {args.structure}" if args.structure else "")
                   + (f", {args.plot}" if args.plot else ""))
     finally:
@@ -227,8 +227,13 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.path} ({result['what']}), {args.split} split: top-1 {result['accuracy']:.4f} "
-              f"({result['correct']}/{result['n']}), loss {result['loss']:.4f}")
+        if "perplexity" in result:  # a causal LM: per label token
+            print(f"{args.path} ({result['what']}), {args.split} split: perplexity {result['perplexity']:.3f}, "
+                  f"loss {result['loss']:.4f} per token over {result['n']:,} tokens, next-token accuracy "
+                  f"{result['accuracy']:.4f}")
+        else:
+            print(f"{args.path} ({result['what']}), {args.split} split: top-1 {result['accuracy']:.4f} "
+                  f"({result['correct']}/{result['n']}), loss {result['loss']:.4f}")
     return 0
 
 
@@ -237,6 +242,9 @@ def _spec_and_model_args(p) -> None:
     p.add_argument("--model", "-m", help="timm name, hf:DIR_OR_ID, or package.module:factory "
                                          "(default: the spec's `model` line)")
     p.add_argument("--num-classes", type=int, default=None, help="replace the classifier head")
+    p.add_argument("--task", choices=("classification", "causal-lm"), default=None,
+                   help="what to fine-tune for (default: as saved; a Hugging Face language model needs "
+                        "causal-lm to keep its LM head)")
     p.add_argument("--weights", default=None, help="base weights (.safetensors or torch file)")
     p.add_argument("--pretrained", action="store_true", help="use the library's pretrained weights")
 
@@ -251,7 +259,8 @@ def _load(args, device: str = "cpu"):
         raise ModelError(f"{args.spec} has no `model` line and no --model was given; "
                          "pass --model NAME (e.g. --model vit_base_patch16_224).")
     model, ref = resolve_model(name, num_classes=args.num_classes, pretrained=args.pretrained,
-                               weights=None if device == "meta" else args.weights, device=device)
+                               weights=None if device == "meta" else args.weights, device=device,
+                               task=args.task)
     return spec, model, ref
 
 

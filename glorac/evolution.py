@@ -108,14 +108,16 @@ class SearchResult(_Frozen):
     extra_params: int = 0
 
 
-def describe_best(result: SearchResult) -> str:
+def describe_best(result: SearchResult, task: str = "classification") -> str:
     """One line: the best's fitness and its share of the budget (did the search use what it was given?)."""
     best = result.best
     counted = (f"{best.params:,} params (incl. {result.extra_params:,} trained)" if result.extra_params
                else f"{best.params:,} adapter params")
+    # A language model's fitness is minus its val token loss (glorac.objectives.fitness).
+    score = f"val loss {-best.fitness:.4f}" if task == "causal-lm" else f"val acc {best.fitness:.4f}"
     if result.budget is None:
-        return f"best: val acc {best.fitness:.4f}, {counted} (no budget)"
-    return (f"best: val acc {best.fitness:.4f}, {counted} of a {result.budget:,} budget "
+        return f"best: {score}, {counted} (no budget)"
+    return (f"best: {score}, {counted} of a {result.budget:,} budget "
             f"({100 * best.params / result.budget:.1f}%)")
 
 

@@ -32,7 +32,8 @@ class TrainRecord(_Record):
 
 class SearchRecord(_Record):
     budget: Optional[int]
-    best_accuracy: float
+    best_accuracy: float  # the best fitness: val accuracy, or minus the val token loss (causal LM)
+    task: str = "classification"  # what the fitness measured (glorac.objectives)
     best_params: int
     evaluated: int
     settings: SearchSettings

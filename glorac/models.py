@@ -51,6 +51,9 @@ class ModelRef(BaseModel):
 
     name: str
     source: Source
+    # What the model is fine-tuned for; None: as saved (a classifier stays one, anything
+    # else is its backbone). "causal-lm" loads a Hugging Face model with its LM head.
+    task: Literal["classification", "causal-lm"] | None = None
     num_classes: int | None = None
     pretrained: bool = False
     weights: str | None = None
@@ -74,6 +77,7 @@ def resolve_model(
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     init_seed: int = 0,
+    task: str | None = None,
 ) -> tuple[nn.Module, ModelRef]:
     """Build the model ``name`` refers to, in eval mode, on ``device``.
 
@@ -88,20 +92,30 @@ def resolve_model(
         raise ModelError(f"num_classes must be at least 1, got {num_classes}.")
     device = _parse_device(device)
     source = model_source(name)
+    if task not in (None, "classification", "causal-lm"):
+        raise ModelError(f"unknown task {task!r}; use classification or causal-lm.")
+    if task == "causal-lm" and source != "hf":
+        raise ModelError(f"task causal-lm needs a Hugging Face model (hf:DIR); `{name}` is a {source} model.")
+    if task == "causal-lm" and num_classes is not None:
+        raise ModelError("--num-classes replaces a classifier head; a causal LM keeps its LM head. Drop one of "
+                         "--task causal-lm and --num-classes.")
     on_meta = device.type == "meta"
     builders = {"timm": _build_timm, "hf": _build_hf, "factory": _build_factory}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         # Build on the CPU (or meta) so the seeded init is the same whatever the device.
         with torch.device("meta" if on_meta else "cpu"):
-            model, loaded = builders[source](name, num_classes, pretrained and not on_meta)
+            if source == "hf":
+                model, loaded = _build_hf(name, num_classes, pretrained and not on_meta, task)
+            else:
+                model, loaded = builders[source](name, num_classes, pretrained and not on_meta)
         if weights is not None and not on_meta:
             load_weights(model, weights, num_classes=num_classes)
     if not on_meta:
         model = _move(model, device)
     ref = ModelRef(
         # On meta nothing is loaded; the reference still records what was asked for.
-        name=name, source=source, num_classes=num_classes,
+        name=name, source=source, task=task, num_classes=num_classes,
         pretrained=pretrained if on_meta else loaded,
         weights=None if weights is None else str(weights), init_seed=init_seed,
     )
@@ -112,7 +126,7 @@ def resolve_ref(ref: ModelRef, *, device: str | torch.device = "cpu") -> nn.Modu
     """Rebuild the model a stored :class:`ModelRef` describes."""
     model, _ = resolve_model(
         ref.name, num_classes=ref.num_classes, pretrained=ref.pretrained,
-        weights=ref.weights, device=device, init_seed=ref.init_seed,
+        weights=ref.weights, device=device, init_seed=ref.init_seed, task=ref.task,
     )
     return model
 
@@ -206,18 +220,15 @@ def _import_transformers():
     return transformers
 
 
-def _build_hf(name: str, num_classes: int | None, pretrained: bool) -> tuple[nn.Module, bool]:
+def _build_hf(name: str, num_classes: int | None, pretrained: bool,
+              task: str | None = None) -> tuple[nn.Module, bool]:
     """Load weights when a local directory has them (that is what the directory is for);
     a hub id needs ``pretrained`` for its weights, else only its config is fetched."""
     tf = _import_transformers()
     target = name[len("hf:"):].strip()
     local = _hf_local_dir(target)
     config = _hf_config(tf, target, local, num_classes)
-    # A saved sequence classifier keeps its head even without num_classes (AutoModel
-    # would silently drop it); anything else without num_classes is a bare backbone.
-    saved_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
-    wants_head = num_classes is not None or saved_classifier
-    auto = tf.AutoModelForSequenceClassification if wants_head else tf.AutoModel
+    auto = _hf_auto_class(tf, config, name, num_classes, task)
     has_weights = local is not None and any((local / f).exists() for f in _HF_WEIGHT_FILES)
     if local is not None and pretrained and not has_weights:
         raise ModelError(
@@ -238,6 +249,27 @@ def _build_hf(name: str, num_classes: int | None, pretrained: bool) -> tuple[nn.
             raise ModelError(_download_failed(name, exc, "transformers")) from None
         raise ModelError(f"transformers could not load `{name}`: {_short(exc)}.") from None
     return model, True
+
+
+def _hf_auto_class(tf, config, name: str, num_classes: int | None, task: str | None):
+    """The transformers Auto class the task asks for. Without a task, a saved sequence
+    classifier keeps its head (AutoModel would silently drop it) and anything else is its
+    backbone, said out loud when the directory holds a language model's head."""
+    architectures = tuple(config.architectures or ())
+    if task == "causal-lm":
+        return tf.AutoModelForCausalLM
+    saved_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if task == "classification" or num_classes is not None or saved_classifier:
+        if task == "classification" and num_classes is None and not saved_classifier:
+            raise ModelError(f"`{name}` has no classification head ({', '.join(architectures) or 'a backbone'}); "
+                             "pass --num-classes N to give it one.")
+        return tf.AutoModelForSequenceClassification
+    lm = [a for a in architectures if a.endswith(("ForCausalLM", "LMHeadModel"))]
+    if lm:
+        warnings.warn(f"`{name}` holds a {lm[0]}; without --task it is loaded as its backbone (no LM head), "
+                      "for a new task head. Pass --task causal-lm to fine-tune it as a language model.",
+                      stacklevel=4)
+    return tf.AutoModel
 
 
 def _hf_local_dir(target: str) -> Path | None:

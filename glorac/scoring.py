@@ -5,16 +5,17 @@ candidate evaluator used by the search: fold what changed per candidate, then pl
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch, TaskData
 from .folding.core import fold_tensors
 from .folding.model import write_layers
 from .ir import LayerChoice, Structure
+from .objectives import sums
 from .outputs import forward_logits
 
 
@@ -31,35 +32,38 @@ def cached_batches(data: TaskData, split: str, batch_size: int, device, *, rank:
 Forward = Callable[[nn.Module, Batch], torch.Tensor]
 
 
-def _score(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int]) -> dict:
+def _score(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int],
+           task: str = "classification") -> dict:
     # Sums stay on the device (float64, the same numbers as Python floats) so that a GPU
     # synchronises once per call rather than twice per batch.
-    correct = loss = None
-    n = 0
+    correct = loss = count = None
     for batch in batches:
         logits = forward(model, batch).float()
-        if num_classes is not None and logits.shape[-1] != num_classes:
+        if task == "classification" and num_classes is not None and logits.shape[-1] != num_classes:
             from .errors import DataError
 
             raise DataError(f"the data has {num_classes} classes but the model outputs {logits.shape[-1]} "
                             f"scores; evaluate on data with the classes the model was trained on.")
-        batch_loss = F.cross_entropy(logits, batch.labels, reduction="sum").double()
-        batch_correct = (logits.argmax(-1) == batch.labels).sum()
-        loss = batch_loss if loss is None else loss + batch_loss
-        correct = batch_correct if correct is None else correct + batch_correct
-        n += len(batch)
-    correct, loss = (0, 0.0) if loss is None else (int(correct.item()), loss.item())
-    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "correct": correct, "n": n}
+        part = sums(task, logits, batch.labels)
+        loss = part.loss.double() if loss is None else loss + part.loss.double()
+        correct = part.correct if correct is None else correct + part.correct
+        count = part.count if count is None else count + part.count
+    correct, loss, n = (0, 0.0, 0) if loss is None else (int(correct.item()), loss.item(), int(count.item()))
+    result = {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "correct": correct, "n": n}
+    if task == "causal-lm":  # n counts label tokens; accuracy is next-token accuracy
+        result["perplexity"] = math.exp(min(result["loss"], 700.0))
+    return result
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batches: list[Batch], num_classes: Optional[int] = None,
-             forward: Forward = forward_logits) -> dict:
-    """{"accuracy", "loss", "correct", "n"} of ``model`` over ``batches`` (eval mode)."""
+             forward: Forward = forward_logits, task: str = "classification") -> dict:
+    """{"accuracy", "loss", "correct", "n"} of ``model`` over ``batches`` (eval mode); for a
+    causal LM per label token, with "perplexity"."""
     was_training = model.training
     model.eval()
     try:
-        return _score(model, batches, forward, num_classes)
+        return _score(model, batches, forward, num_classes, task)
     finally:
         model.train(was_training)
 
@@ -84,8 +88,9 @@ class FoldedEvaluator:
     ``FoldedEvaluator(supernet, batches, forward=lambda m, b: head(m(*b.inputs)))``.
     """
 
-    def __init__(self, supernet, batches: list[Batch], forward: Optional[Forward] = None):
-        self.supernet, self.batches = supernet, batches
+    def __init__(self, supernet, batches: list[Batch], forward: Optional[Forward] = None,
+                 task: str = "classification"):
+        self.supernet, self.batches, self.task = supernet, batches, task
         self.forward: Forward = forward or forward_logits
         self.scratch = copy.deepcopy(supernet.base_model).eval()
         self.base_state = supernet.base_model.state_dict()  # the untouched W0, b0 every fold reads
@@ -98,7 +103,7 @@ class FoldedEvaluator:
     def __call__(self, structure: Structure) -> dict:
         self._fold_changed(structure)
         with torch.inference_mode():
-            return _score(self.scratch, self.batches, self.forward, None)
+            return _score(self.scratch, self.batches, self.forward, None, self.task)
 
     def _fold_changed(self, structure: Structure) -> None:
         changed = [lp for lp in self.supernet.plan.layers if self.written.get(lp.qualname) != structure.layers[lp.qualname]]

@@ -20,6 +20,7 @@ from .distributed import Dist, all_gather_objects
 from .progress import SearchProgress
 from .scoring import FoldedEvaluator, Forward, accuracy, cached_batches
 from .history import SearchRecord
+from .objectives import fitness
 from .ir import Budget, SearchSettings, Structure, TrainSettings
 from .outputs import forward_logits
 from .evolution import SearchResult, evolve
@@ -35,6 +36,8 @@ def head_size(model: nn.Module) -> Optional[int]:
 
 def check_head(model: nn.Module, data: TaskData) -> None:
     """The data's classes must be the model's outputs (when the model says how many)."""
+    if getattr(data, "task", "classification") != "classification":
+        return
     n = head_size(model)
     if n is not None:
         check_num_classes(data, n)
@@ -75,24 +78,25 @@ def search(supernet, data: TaskData, *, budget: Optional[int] = None, settings: 
     check_head(supernet.base_model, data)
     require_split(data, "val")  # the search never looks at the test split
     batches = cached_batches(data, "val", batch_size, dist.device)
-    evaluator = FoldedEvaluator(supernet, batches, forward=forward)
+    task = getattr(data, "task", "classification")
+    evaluator = FoldedEvaluator(supernet, batches, forward=forward, task=task)
     plan = supernet.plan
     most = settings.population + settings.generations * (settings.mutations + settings.crossovers)
     bar = SearchProgress(progress and dist.main, most, settings.generations)
     geoms = {n: a.geom for n, a in supernet.adapters.items()}
     with bar:
         result = evolve(supernet.spaces(), geoms, budget=plan.budget.params if plan.budget else None,
-                        settings=settings, evaluate=_sharded_evaluate(evaluator, bar, dist),
+                        settings=settings, evaluate=_sharded_evaluate(evaluator, bar, dist, task),
                         extra_params=plan.counted_extra)
     supernet.select(result.best.structure)
-    record = SearchRecord(budget=result.budget, best_accuracy=result.best.fitness, best_params=result.best.params,
+    record = SearchRecord(budget=result.budget, best_accuracy=result.best.fitness, task=task, best_params=result.best.params,
                           evaluated=len(result.evaluated), settings=settings, data=data_name or data.source)
     supernet.history = supernet.history.model_copy(update={"search": record})
     return result
 
 
-def _sharded_evaluate(evaluator: FoldedEvaluator, bar: SearchProgress,
-                      dist: Dist) -> Callable[[list[Structure]], list[float]]:
+def _sharded_evaluate(evaluator: FoldedEvaluator, bar: SearchProgress, dist: Dist,
+                      task: str) -> Callable[[list[Structure]], list[float]]:
     """evolve()'s evaluate: this rank's share of each generation, gathered from every rank."""
 
     def evaluate(structures: list[Structure]) -> list[float]:
@@ -100,7 +104,7 @@ def _sharded_evaluate(evaluator: FoldedEvaluator, bar: SearchProgress,
         mine: dict[int, float] = {}
         for i, s in enumerate(structures):
             if i % dist.world == dist.rank:
-                mine[i] = evaluator(s)["accuracy"]
+                mine[i] = fitness(task, evaluator(s))
                 bar.advance(mine[i])
         merged: dict[int, float] = {}
         for part in all_gather_objects(dist, mine):
@@ -122,5 +126,5 @@ def evaluate(model: nn.Module, data: TaskData, split: str = "test", *, batch_siz
     check_head(model.base_model if isinstance(model, Supernet) else model, data)
     require_split(data, split)
     batches = cached_batches(data, split, batch_size, torch.device(device))
-    return accuracy(model, batches, data.num_classes, forward=forward)
+    return accuracy(model, batches, data.num_classes, forward=forward, task=getattr(data, "task", "classification"))
 

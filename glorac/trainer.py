@@ -31,6 +31,7 @@ from .history import TrainRecord
 from .errors import GloraError
 from .ir import Space, Structure, TrainSettings
 from .kinds import storage_shapes
+from .objectives import sums
 from .outputs import forward_logits
 from .progress import TrainProgress
 from .sampling import StructureSampler
@@ -164,6 +165,7 @@ class Trainer:
         self.amp = dist.device.type == "cuda" if amp is None else amp
         self.log_every, self.progress = log_every, progress
         self.dataset = data.splits["train"]
+        self.task = getattr(data, "task", "classification")
         self.structure = structure
         if structure is None:
             self.sampler = StructureSampler(supernet.spaces(), seed=settings.seed, rule=settings.sampling,
@@ -304,25 +306,30 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         structures = self.sampler.step_structures(step)
-        loss_sums = []
+        objectives = []
         for structure in structures:
             if not self.sampler.fixed:
                 self.supernet.activate(structure)
             with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = forward_logits(self.model, batch)
-            if step == self.start_step:
+            if step == self.start_step and self.task == "classification":
                 check_num_classes(self.data, logits.shape[-1])
-            loss_sum = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
-            # Scaled so that DDP's gradient average over ranks equals the global batch mean.
-            (loss_sum * self.dist.world / len(indices)).backward()
-            loss_sums.append(loss_sum)
+            batch_sums = sums(self.task, logits, batch.labels)
+            # Scaled so that DDP's average over ranks is the global batch mean: over examples;
+            # for a language model, the mean of the ranks' per-token means.
+            if self.task == "classification":
+                objective = batch_sums.loss * self.dist.world / len(indices)
+            else:
+                objective = batch_sums.loss / batch_sums.count.clamp_min(1)
+            objective.backward()
+            objectives.append(objective.detach())
         # The logged loss is the drawn structure's (the first); the sandwich's extremes
         # add gradient, not a different objective to report.
-        total = loss_sums[0].detach().clone()
+        total = objectives[0].clone()
         if self.dist.active:
             torch.distributed.all_reduce(total)
-        mean_loss = (total / len(indices)).item()
-        extremes_finite = len(loss_sums) == 1 or bool(torch.isfinite(torch.stack(loss_sums[1:])).all())
+        mean_loss = (total / self.dist.world).item()
+        extremes_finite = len(objectives) == 1 or bool(torch.isfinite(torch.stack(objectives[1:])).all())
         if not (math.isfinite(mean_loss) and extremes_finite):
             raise TrainingStopped(
                 f"the loss became {mean_loss} at step {step} (epoch {step // self.steps_per_epoch + 1}); "

@@ -31,6 +31,10 @@ def data_for(model_or_supernet, source: str, **kwargs) -> TaskData:
     from .supernet import Supernet
 
     base = model_or_supernet.base_model if isinstance(model_or_supernet, Supernet) else model_or_supernet
+    task = kwargs.pop("task", None) or (model_or_supernet.model_ref.task if isinstance(model_or_supernet, Supernet)
+                                        and model_or_supernet.model_ref is not None else None)
+    if task == "causal-lm":
+        kwargs["task"] = task
     data = load_data(source, model=base, **kwargs)
     stages.check_head(base, data)
     report = data.skipped_report()
@@ -205,8 +209,10 @@ def search_checkpoint(checkpoint: str, data_source: str, *, output: str, budget:
     return supernet, result
 
 
-def load_for_eval(path: str, *, structure: Optional[str] = None, device: str = "cpu") -> tuple[nn.Module, str]:
-    """A supernet checkpoint (with its structure) or a folded model, ready to evaluate."""
+def load_for_eval(path: str, *, structure: Optional[str] = None,
+                  device: str = "cpu") -> tuple[nn.Module, str, Optional[str]]:
+    """(model, what it is, its task): a supernet checkpoint (with its structure) or a
+    folded model, ready to evaluate."""
     from .folding.files import HF_SIDECAR
     from .folding.load import load_folded
 
@@ -216,15 +222,15 @@ def load_for_eval(path: str, *, structure: Optional[str] = None, device: str = "
     supernet, _ = load_checkpoint(p, device=device)
     chosen = supernet.plan.resolve_structure(read_structure(structure) if structure else None, supernet.structure)
     supernet.activate(chosen)
-    return supernet, "supernet"
+    return supernet, "supernet", supernet.model_ref.task
 
 
 def evaluate_path(path: str, data_source: str, *, split: str = "test", structure: Optional[str] = None,
                   batch_size: int = 64, device: str = "cpu", data_options: Optional[dict] = None) -> dict:
     check_batch_size(batch_size)
     check_data_source(data_source)
-    model, what = load_for_eval(path, structure=structure, device=device)
-    data = data_for(model, data_source, **(data_options or {}))
+    model, what, task = load_for_eval(path, structure=structure, device=device)
+    data = data_for(model, data_source, task=task, **(data_options or {}))
     result = stages.evaluate(model, data, split, batch_size=batch_size, device=device)
     result.update(what=what, split=split)
     return result

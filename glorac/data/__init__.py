@@ -8,7 +8,10 @@ Accepted sources (told apart by what is on disk):
   ``test.txt`` with lines ``relative/path label``;
 * text: ``DIR/train.jsonl|csv``, ``val...``, ``test...``, or one ``.jsonl``/``.csv`` file
   (train only), records with ``text`` and ``label``;
-* ``builtin:mnist5k``, ``builtin:digits``, ``builtin:chatterbot`` (shipped in pip packages).
+* ``builtin:mnist5k``, ``builtin:digits``, ``builtin:chatterbot`` (shipped in pip packages);
+* causal language modelling (``task="causal-lm"``): ``DIR/train.jsonl`` (+ ``val.jsonl``,
+  ``test.jsonl``) or one ``.jsonl`` file (train only), records ``{"text": ...}`` or
+  ``{"prompt": ..., "completion": ...}`` (see :mod:`glorac.data.lm`).
 
 Splits are kept apart exactly as given: nothing here ever moves examples between them.
 Image preprocessing comes from the model's own (timm) data config; text is tokenised
@@ -35,11 +38,12 @@ from .folders import (find_split_dirs, has_class_dirs, has_vtab_lists, read_clas
                       read_split_folders, read_vtab, visible_children)
 from .images import (IMAGE_SUFFIXES, ArrayImageDataset, ImageFileDataset, collate_images, drop_unreadable,
                      image_prep)
+from .lm import TASKS, LMCollate, LMDataset, load_lm_data
 from .text import (TEXT_SUFFIXES, TextCollate, TextDataset, checked_max_length, find_text_files,
                    load_tokenizer, read_text_task)
 
 __all__ = ["Batch", "LabelSites", "TaskData", "load_data", "make_loader", "require_split",
-           "check_num_classes"]
+           "check_num_classes", "LMDataset", "LMCollate"]
 
 _ACCEPTED = (
     "class folders DIR/train/<class>/*.png (plus DIR/val/, DIR/test/) or DIR/<class>/*.png "
@@ -54,6 +58,7 @@ def load_data(
     source: str,
     *,
     model: nn.Module | None,
+    task: Literal["classification", "causal-lm"] = "classification",
     kind: Literal["image", "text"] | None = None,
     image_size: int | None = None,
     tokenizer_source: str | None = None,
@@ -70,7 +75,14 @@ def load_data(
     then decoded once up front (so none can fail mid-epoch); unreadable ones are skipped and
     listed in ``skipped`` (``on_corrupt="skip"``; :meth:`TaskData.skipped_report` words it
     for the user) or stop the load.
+
+    ``task="causal-lm"`` reads JSONL text or prompt/completion records instead (see
+    :mod:`glorac.data.lm`): no classes (``num_classes`` 0), every split tokenised up front,
+    batches ``Batch({"input_ids", "attention_mask"}, labels)`` with labels per token.
+    ``image_size`` and ``on_corrupt`` do not apply to it; ``limit`` takes a seeded sample.
     """
+    if task not in TASKS:
+        raise DataError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}.")
     if kind not in (None, "image", "text"):
         raise DataError(f"data kind must be 'image' or 'text', got {kind!r}.")
     if on_corrupt not in ("skip", "stop"):
@@ -78,6 +90,11 @@ def load_data(
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise DataError(f"max_length must be a positive integer, got {max_length!r}.")
     limits = check_limit(limit)
+    if task == "causal-lm":
+        if kind == "image":
+            raise DataError("causal-LM data is text; kind 'image' does not apply to it.")
+        return load_lm_data(source, model=model, tokenizer_source=tokenizer_source,
+                            max_length=max_length, limits=limits, seed=seed)
     raw = read_source(source, kind)
     if kind is not None and raw.kind != kind:
         raise DataError(f"{source} holds {raw.kind} data ({raw.layout}), but {kind} data was asked for.")
@@ -187,7 +204,8 @@ def require_split(data: TaskData, split: str) -> Dataset:
         hint = data.split_hint.format(split=split)
     else:
         hint = f"add a {split} split."
-    why = (" The structure search measures val accuracy and never looks at test, so it needs "
+    measure = "val loss (perplexity)" if data.task == "causal-lm" else "val accuracy"
+    why = (f" The structure search measures {measure} and never looks at test, so it needs "
            "val." if split == "val" else "")
     raise DataError(f"{data.source} has no {split} split (it has: {have}).{why} To add one: {hint}")
 
@@ -195,8 +213,11 @@ def require_split(data: TaskData, split: str) -> Dataset:
 def check_num_classes(data: TaskData, num_classes: int) -> None:
     """The model's head must have exactly as many outputs as the data has classes. When the
     labels were read from lines of files, a label the head cannot score is named by file and
-    line (a stray label is more often the mistake than the head size)."""
-    if num_classes == data.num_classes:
+    line (a stray label is more often the mistake than the head size).
+
+    Causal-LM data has no classes: for it this checks nothing (the model's outputs are its
+    vocabulary, which loading already checked against the tokenizer's ids)."""
+    if data.task == "causal-lm" or num_classes == data.num_classes:
         return
     beyond = [(label, site) for label, site in data.label_sites.items() if label >= num_classes]
     if num_classes < data.num_classes and beyond and num_classes >= 1:

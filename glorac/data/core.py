@@ -68,11 +68,32 @@ class TaskData:
     # Class id -> where it was written (list files, CSV/JSONL), from all of the data (before
     # any limit); empty when labels come from folder names or a built-in.
     label_sites: dict[int, "LabelSites"] = field(default_factory=dict, repr=False)
+    # "classification" (integer targets, one per example) or "causal-lm" (labels per token,
+    # -100 where no loss is taken; then num_classes is 0 and class_names empty).
+    task: str = "classification"
 
     def describe(self) -> str:
         sizes = " / ".join(f"{name} {len(ds)}" for name, ds in self.splits.items())
+        if self.task == "causal-lm":
+            tokens = " / ".join(f"{name} {self.tokens(name)}" for name in self.splits)
+            return f"{self.source}: causal-LM text, {self.layout}, examples {sizes}, scored tokens {tokens}"
         extra = f", {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""
         return f"{self.source}: {self.kind}, {self.num_classes} classes, {sizes}{extra}"
+
+    def tokens(self, split: str, shifted: bool = True) -> int:
+        """Causal-LM data: how many label tokens of ``split`` the loss is taken on (labels
+        other than -100), for perplexity: exp(summed token loss / tokens). ``shifted`` (the
+        default) counts what the shifted loss (logits[:, :-1] against labels[:, 1:]) scores,
+        leaving out each example's position 0, which nothing predicts; ``shifted=False``
+        counts every label other than -100."""
+        if split not in self.splits:
+            from glorac.data import require_split  # the message that says how to add it
+            require_split(self, split)
+        count = getattr(self.splits[split], "label_tokens", None)
+        if self.task != "causal-lm" or count is None:
+            raise DataError(f"{self.source} is {self.task} data; token counts exist for causal-LM "
+                            "data only.")
+        return int(count(shifted))
 
     def skipped_report(self, shown: int = 3) -> Optional[str]:
         """One paragraph naming the image files left out as unreadable (their count, the

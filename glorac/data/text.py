@@ -89,7 +89,10 @@ def _read_jsonl(path: Path, text: str) -> list[Record]:
                             'must be one object such as {"text": "...", "label": 3}.') from None
         if not isinstance(row, dict) or "text" not in row or "label" not in row:
             got = f"fields {few(sorted(row), 5)}" if isinstance(row, dict) else f"a {type(row).__name__}"
-            raise DataError(f'{where}: expected an object with fields "text" and "label", got {got}.')
+            lm = isinstance(row, dict) and "label" not in row and ("text" in row or "prompt" in row)
+            hint = (" Records without labels are language-modelling data: load them with "
+                    "task 'causal-lm'." if lm else "")
+            raise DataError(f'{where}: expected an object with fields "text" and "label", got {got}.{hint}')
         records.append(_record(row["text"], row["label"], where, lineno))
     return records
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file
@@ -10,15 +11,16 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models import resolve_model, resolve_ref
-from .files import FoldSidecar, sidecar_path
+from .files import HF_SIDECAR, FoldSidecar, sidecar_path
 
 
-def load_folded(path: Path, *, device: str = "cpu") -> tuple[nn.Module, str]:
-    """(model, what it is) of a folded Hugging Face directory or ``.safetensors`` file."""
+def load_folded(path: Path, *, device: str = "cpu") -> tuple[nn.Module, str, Optional[str]]:
+    """(model, what it is, its task) of a folded Hugging Face directory or ``.safetensors`` file."""
     if path.is_dir():
-        model, _ = resolve_model(f"hf:{path}", device=device)
-        return model, "folded (Hugging Face directory)"
-    return _load_file(path, device), "folded"
+        task = FoldSidecar.read(path / HF_SIDECAR).model_ref.task
+        model, _ = resolve_model(f"hf:{path}", device=device, task=task)
+        return model, "Hugging Face directory", task
+    return _load_file(path, device), "folded file", None
 
 
 def _load_file(path: Path, device: str) -> nn.Module:
