@@ -194,7 +194,7 @@ def supernet_from(ckpt: Checkpoint, *, model: Optional[nn.Module] = None, device
             f"{ckpt.path}: the base model's weights differ from those the checkpoint was made with "
             f"(model {ref.name!r}, num_classes={ref.num_classes}, weights={ref.weights}). The adapters "
             "only make sense on the same base weights: pass the same --weights file / model.")
-    supernet = build_supernet(meta.spec, base, front_end=meta.plan.front_end)
+    supernet = build_supernet(meta.spec, base, front_end=meta.plan.front_end, extra_trained=meta.plan.trained)
     if (supernet.plan.layers, supernet.plan.trained) != (meta.plan.layers, meta.plan.trained):
         raise CheckpointError(f"{ckpt.path}: the plan rebuilt from the stored spec differs from the stored "
                               "plan; the model's architecture changed since the checkpoint was written.")

@@ -267,8 +267,10 @@ def _load(args, device: str = "cpu"):
 def cmd_plan(args) -> int:
     from .graph.planner import plan
 
+    from .models import new_head_to_train
+
     spec, model, ref = _load(args, device=args.device)
-    result = plan(spec, model)
+    result = plan(spec, model, extra_trained=new_head_to_train(model, ref, spec))
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -285,8 +287,10 @@ def cmd_compile(args) -> int:
     from .safeio import check_output
 
     check_output(args.output, force=args.force)
+    from .models import new_head_to_train
+
     spec, model, ref = _load(args)
-    supernet = build_supernet(spec, model, seed=args.seed)
+    supernet = build_supernet(spec, model, seed=args.seed, extra_trained=new_head_to_train(model, ref, spec))
     supernet.model_ref = ref
     path = save(supernet, args.output, force=args.force)
     p = supernet.plan

@@ -423,18 +423,37 @@ def _strip_prefix(state: dict[str, torch.Tensor], own: dict) -> dict[str, torch.
     return state
 
 
-def _head_keys(model: nn.Module, num_classes: int | None) -> list[str]:
-    """Parameters of the last Linear (or 1×1 conv) producing ``num_classes`` outputs."""
+def head_module(model: nn.Module, num_classes: int | None) -> str | None:
+    """The classifier head a ``num_classes`` replacement created: the last Linear (or conv)
+    with that many outputs; None when there is none."""
     if num_classes is None:
-        return []
+        return None
     head = None
     for qualname, module in model.named_modules():
         out = getattr(module, "out_features", getattr(module, "out_channels", None))
         if isinstance(module, (nn.Linear, nn.Conv2d)) and out == num_classes:
             head = qualname
+    return head
+
+
+def _head_keys(model: nn.Module, num_classes: int | None) -> list[str]:
+    """Parameters of the last Linear (or 1×1 conv) producing ``num_classes`` outputs."""
+    head = head_module(model, num_classes)
     if head is None:
         return []
     return [f"{head}.{n}" for n, _ in model.get_submodule(head).named_parameters(recurse=False)]
+
+
+def new_head_to_train(model: nn.Module, ref: ModelRef, spec) -> tuple[str, ...]:
+    """The head glorac created for ``--num-classes`` when the spec's `train` rules leave it
+    frozen (a new head at its random init would cap the task at chance): trained by default."""
+    from .selectors import matches_any
+
+    head = head_module(model, ref.num_classes)
+    covered = [n for n, _ in model.named_modules() if n and any(matches_any(r.patterns, n) for r in spec.trained)]
+    if head is None or any(head == t or head.startswith(t + ".") for t in covered):
+        return ()
+    return (head,)
 
 
 def _mismatch_message(path, state, own, missing, unexpected, wrong) -> str:

@@ -147,7 +147,8 @@ def freeze_base(base_model: nn.Module, trained: tuple[str, ...]) -> None:
 
 
 def build_supernet(spec: SpecLike, model: ModelLike, *, front_end: str = "auto", seed: Optional[int] = None,
-                   num_classes: Optional[int] = None, adapter_dtype: torch.dtype = torch.float32) -> Supernet:
+                   num_classes: Optional[int] = None, adapter_dtype: torch.dtype = torch.float32,
+                   extra_trained: tuple[str, ...] = ()) -> Supernet:
     """Plan and rewrite ``model`` into a GLoRA supernet that, at init, computes the base model.
 
     ``model`` is an ``nn.Module`` or a reference (timm name, ``hf:PATH``, ``pkg.mod:factory``);
@@ -165,7 +166,11 @@ def build_supernet(spec: SpecLike, model: ModelLike, *, front_end: str = "auto",
         from .models import resolve_model
 
         model, model_ref = resolve_model(model, num_classes=num_classes)
-    the_plan, gm = plan_with_graph(spec, model, front_end=front_end)
+    if model_ref is not None and not extra_trained:
+        from .models import new_head_to_train
+
+        extra_trained = new_head_to_train(model, model_ref, spec)
+    the_plan, gm = plan_with_graph(spec, model, front_end=front_end, extra_trained=extra_trained)
     if not the_plan.layers:
         raise PlanError("the spec adapts no layer of this model (every match was excluded or "
                         "skipped); see `glorac plan` for what matched")

@@ -213,3 +213,24 @@ def test_a_graph_that_does_not_reproduce_the_model_falls_back_to_the_module_fron
     plan = glorac.plan(_spec(extra=""), DifferentWhenTraced())
     assert plan.front_end == "modules" and [lp.qualname for lp in plan.layers] == ["fc"]
     assert "computes a (1, 2) torch.float32 output where the model computes (1, 4)" in plan.trace_failure
+
+
+def test_a_head_created_for_num_classes_is_trained_by_default(tmp_path, capsys):
+    from tests.reference import run_cli
+
+    spec = tmp_path / "s.glora"
+    spec.write_text(SPACE + 'adapt "**" type Linear with s\n')  # no `train` line; the rule matches the head too
+    out = tmp_path / "sn.pt"
+    code, _, err = run_cli(capsys, "compile", spec, "--model", "tests.test_train:digit_net", "--num-classes", "5",
+                           "-o", out)
+    assert code == 0, err
+    supernet = glorac.load(out)
+    assert supernet.plan.trained == ("head",) and "head" not in supernet.adapters
+    assert dict(supernet.plan.skipped)["head"] == "not supported: trained fully (the new task head)"
+    assert all(p.requires_grad for p in supernet.base_model.head.parameters())
+    # a spec that trains something else still gets the new head trained
+    spec.write_text(SPACE + 'adapt "body.4" with s\ntrain "body.1"\n')
+    code, _, err = run_cli(capsys, "compile", spec, "--model", "tests.test_train:digit_net", "--num-classes", "5",
+                           "-o", out, "--force")
+    assert code == 0, err
+    assert glorac.load(out).plan.trained == ("body.1", "head")

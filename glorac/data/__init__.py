@@ -201,7 +201,7 @@ def require_split(data: TaskData, split: str) -> Dataset:
     if split == "trainval" and data.layout != "VTAB-1k list files":
         hint = "a trainval split comes only with VTAB-1k list files (train800val200.txt); use train."
     elif data.split_hint:
-        hint = data.split_hint.format(split=split)
+        hint = data.split_hint.replace("{split}", split)  # not format(): paths may hold braces
     else:
         hint = f"add a {split} split."
     measure = "val loss (perplexity)" if data.task == "causal-lm" else "val accuracy"

@@ -15,21 +15,24 @@ from torch.func import functional_call
 
 from ..errors import PlanError
 from ..ir import Spec
-from ..planning import Plan, resolve_rules, resolve_trained
+from ..planning import Plan, resolve_rules, resolve_trained, under
 from ..outputs import default_probe, output_tensor
 from .sites import computed_bias_layers, functional_sites, module_sites
 from .trace import ModeGraphs, TraceFailure, preserved, trace
 
 
-def plan(spec: Spec, model: nn.Module, *, front_end: str = "auto") -> Plan:
+def plan(spec: Spec, model: nn.Module, *, front_end: str = "auto", extra_trained: tuple[str, ...] = ()) -> Plan:
     """The plan for ``model`` under ``spec``; raises PlanError when a rule fits nothing."""
-    return plan_with_graph(spec, model, front_end=front_end)[0]
+    return plan_with_graph(spec, model, front_end=front_end, extra_trained=extra_trained)[0]
 
 
 def plan_with_graph(
-    spec: Spec, model: nn.Module, *, front_end: str = "auto"
+    spec: Spec, model: nn.Module, *, front_end: str = "auto", extra_trained: tuple[str, ...] = ()
 ) -> tuple[Plan, Optional[ModeGraphs]]:
-    """The plan and the traced graphs it was made from (None on the module front end)."""
+    """The plan and the traced graphs it was made from (None on the module front end).
+
+    ``extra_trained``: modules trained fully besides the spec's `train` rules (the new
+    task head glorac created); layers inside them are not adapted."""
     gm, failure = (None, None)
     if front_end in ("auto", "fx"):
         gm, failure = trace(model)
@@ -39,13 +42,15 @@ def plan_with_graph(
         if gm is None and front_end == "fx":
             raise PlanError(f"cannot trace {type(model).__name__} with torch.fx {failure}; "
                             "use the module front end (front_end='modules')")
-    sites = module_sites(model)
+    sites = [s.model_copy(update={"unsupported": "trained fully (the new task head)"})
+             if under(s.qualname + ".x", extra_trained) else s for s in module_sites(model)]
     if gm is not None:
         computed = computed_bias_layers(gm.eval_graph, sites)
         sites = [s.model_copy(update={"computed_bias": True}) if s.qualname in computed else s for s in sites]
         sites += functional_sites(gm.eval_graph, model)
     layers, skipped = resolve_rules(spec, sites, {n: type(m).__name__ for n, m in model.named_modules() if n})
     trained = resolve_trained(spec, (n for n, _ in model.named_modules()), layers)
+    trained += [t for t in extra_trained if t not in trained and not under(t, trained)]
     result = Plan(
         front_end="fx" if gm is not None else "modules",
         trace_failure=None if failure is None else str(failure),
