@@ -48,6 +48,9 @@ class FinetuneRecord(_Record):
 
 
 class RunHistory(_Record):
+    # The class names of the data the head was trained on (fold writes them as the Hugging
+    # Face config's id2label); empty when unknown or not a classifier.
+    class_names: tuple[str, ...] = ()
     train: Optional[TrainRecord] = None
     search: Optional[SearchRecord] = None
     finetune: Optional[FinetuneRecord] = None

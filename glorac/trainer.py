@@ -235,7 +235,8 @@ class Trainer:
     def save(self) -> None:
         """Record progress in the supernet's history and, with an output, write the checkpoint."""
         record, tensors = self.state_for_checkpoint()
-        self.supernet.history = self.supernet.history.model_copy(update={"train": record})
+        self.supernet.history = self.supernet.history.model_copy(
+            update={"train": record, "class_names": tuple(self.data.class_names)})
         if self.dist.main and self.output is not None:
             from .checkpoint import save
 
@@ -321,7 +322,8 @@ class Trainer:
                 objective = batch_sums.loss * self.dist.world / len(indices)
             else:
                 objective = batch_sums.loss / batch_sums.count.clamp_min(1)
-            objective.backward()
+            if objective.requires_grad:  # the smallest structure may use no trainable tensor at all
+                objective.backward()
             objectives.append(objective.detach())
         # The logged loss is the drawn structure's (the first); the sandwich's extremes
         # add gradient, not a different objective to report.

@@ -489,3 +489,18 @@ def test_hf_bias_add_is_loadable_or_refused(capsys, tmp_path):
     x = entry.example_input()
     with torch.no_grad():
         assert rel_err(model(*x).logits, _adapted_output(ckpt, structure, x).logits) <= 1e-4
+
+
+def test_hf_fold_names_the_classes_the_head_was_trained_on(capsys, bert_checkpoint, tmp_path):
+    import transformers
+
+    ckpt, choice, structure = bert_checkpoint
+    supernet = glorac.load(ckpt)
+    names = ("greeting", "question", "thanks")  # what training records from the data
+    supernet.history = supernet.history.model_copy(update={"class_names": names})
+    glorac.save(supernet, ckpt, force=True)
+    out = tmp_path / "named"
+    code, _, err = run_cli(capsys, "fold", ckpt, "-o", out, "--structure", choice)
+    assert code == 0, err
+    config = transformers.AutoConfig.from_pretrained(out)
+    assert config.id2label == dict(enumerate(names)) and config.label2id == {n: i for i, n in enumerate(names)}

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from glorac.errors import DataError
 
 from .builtin import builtin_names, read_builtin
-from .core import (Batch, LabelSites, RawTask, TaskData, check_labels, check_limit, few, label_sites,
+from .core import (Batch, LabelSites, RawTask, TaskData, check_labels, check_limit, few, label_sites, require_split,
                    limit_indices)
 from .folders import (find_split_dirs, has_class_dirs, has_vtab_lists, read_class_folders,
                       read_split_folders, read_vtab, visible_children)
@@ -191,23 +191,6 @@ def _take(items, indices: list[int]):
     if isinstance(items, np.ndarray):
         return items[np.asarray(indices, dtype=np.int64)]
     return [items[i] for i in indices]
-
-
-def require_split(data: TaskData, split: str) -> Dataset:
-    """The ``split`` dataset, or a DataError saying it is missing and how to add it."""
-    if split in data.splits:
-        return data.splits[split]
-    have = ", ".join(data.splits) or "none"
-    if split == "trainval" and data.layout != "VTAB-1k list files":
-        hint = "a trainval split comes only with VTAB-1k list files (train800val200.txt); use train."
-    elif data.split_hint:
-        hint = data.split_hint.replace("{split}", split)  # not format(): paths may hold braces
-    else:
-        hint = f"add a {split} split."
-    measure = "val loss (perplexity)" if data.task == "causal-lm" else "val accuracy"
-    why = (f" The structure search measures {measure} and never looks at test, so it needs "
-           "val." if split == "val" else "")
-    raise DataError(f"{data.source} has no {split} split (it has: {have}).{why} To add one: {hint}")
 
 
 def check_num_classes(data: TaskData, num_classes: int) -> None:

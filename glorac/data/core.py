@@ -87,8 +87,7 @@ class TaskData:
         leaving out each example's position 0, which nothing predicts; ``shifted=False``
         counts every label other than -100."""
         if split not in self.splits:
-            from glorac.data import require_split  # the message that says how to add it
-            require_split(self, split)
+            require_split(self, split)  # the message that says how to add it
         count = getattr(self.splits[split], "label_tokens", None)
         if self.task != "causal-lm" or count is None:
             raise DataError(f"{self.source} is {self.task} data; token counts exist for causal-LM "
@@ -316,3 +315,20 @@ def read_utf8(path) -> str:
             f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}). "
             f"Re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}."
         ) from None
+
+
+def require_split(data: TaskData, split: str) -> Dataset:
+    """The ``split`` dataset, or a DataError saying it is missing and how to add it."""
+    if split in data.splits:
+        return data.splits[split]
+    have = ", ".join(data.splits) or "none"
+    if split == "trainval" and data.layout != "VTAB-1k list files":
+        hint = "a trainval split comes only with VTAB-1k list files (train800val200.txt); use train."
+    elif data.split_hint:
+        hint = data.split_hint.replace("{split}", split)  # not format(): paths may hold braces
+    else:
+        hint = f"add a {split} split."
+    measure = "val loss (perplexity)" if data.task == "causal-lm" else "val accuracy"
+    why = (f" The structure search measures {measure} and never looks at test, so it needs "
+           "val." if split == "val" else "")
+    raise DataError(f"{data.source} has no {split} split (it has: {have}).{why} To add one: {hint}")

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from glorac.errors import DataError
 
 from .core import Batch, TaskData, few, limit_indices, read_utf8
-from .text import TEXT_SUFFIXES, _model_configs, checked_max_length, find_text_files, load_tokenizer
+from .text import TEXT_SUFFIXES, model_configs, checked_max_length, find_text_files, load_tokenizer
 
 IGNORE = -100  # the label torch's cross_entropy (and transformers) ignore
 TASKS = ("classification", "causal-lm")
@@ -302,7 +302,7 @@ def encode_split(split: LMSplit, tokenizer, max_length: int) -> LMDataset:
 
 
 def _vocab_size(model: nn.Module | None) -> int | None:
-    for config in _model_configs(model):
+    for config in model_configs(model):
         size = getattr(config, "vocab_size", None)
         if isinstance(size, int) and size > 0:
             return size

@@ -211,7 +211,7 @@ def checked_max_length(tokenizer, max_length: int) -> int:
     return max_length
 
 
-def _model_configs(model: nn.Module | None):
+def model_configs(model: nn.Module | None):
     if model is None:
         return
     for module in model.modules():  # a wrapped or rewritten model keeps the config inside
@@ -221,7 +221,7 @@ def _model_configs(model: nn.Module | None):
 
 
 def _model_name(model: nn.Module | None) -> str | None:
-    for config in _model_configs(model):
+    for config in model_configs(model):
         name = getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None)
         if isinstance(name, (str, os.PathLike)) and str(name):
             return str(name)

@@ -107,7 +107,7 @@ def _end_to_end(ckpt: Checkpoint, structure: Structure, staging: Path, report: F
     want = None if probe is None else adapted_probe(supernet, structure, probe)
     if want is None:
         return report
-    folded, _ = resolve_model(f"hf:{staging}")
+    folded, _ = resolve_model(f"hf:{staging}", task=ckpt.meta.model_ref.task)
     abs_err = (run_probe(folded, probe) - want).abs().max().item()
     report = report.model_copy(update={"max_abs_error": abs_err,
                                        "rel_error": abs_err / max(want.abs().max().item(), 1e-12)})
@@ -144,7 +144,8 @@ def _fold_in_memory(ckpt: Checkpoint, supernet, out: Path, structure: Structure,
         local = Path(ref.name[len("hf:"):].strip()).expanduser()
 
         side = write_hf_directory(out, lambda staging: model.save_pretrained(staging, safe_serialization=True),
-                                  lambda _: sidecar, force=force, source=local if local.is_dir() else None)
+                                  lambda _: sidecar, force=force, source=local if local.is_dir() else None,
+                                  label_names=ckpt.meta.history.class_names)
     else:
         side = write_safetensors(out, model.state_dict(), sidecar, force=force)
     return FoldResult(out, side, report, ref.name)
@@ -183,7 +184,8 @@ def _fold_files(ckpt: Checkpoint, src: Path, out: Path, structure: Structure, *,
             written["report"] = report.model_copy(update={"note": "; ".join(n for n in notes if n) + "."})
             return _sidecar(ckpt, structure, added, written["report"])
 
-        side = write_hf_directory(out, fill, describe, force=force, source=src)
+        side = write_hf_directory(out, fill, describe, force=force, source=src,
+                                  label_names=ckpt.meta.history.class_names)
     finally:
         files.close()
     return FoldResult(out, side, written["report"], ckpt.meta.model_ref.name)

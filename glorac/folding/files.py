@@ -13,6 +13,7 @@ is replaced (with ``force``) only once the new one is complete.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -96,13 +97,14 @@ def write_safetensors(out: Path, state: Mapping[str, torch.Tensor], sidecar: Fol
 
 
 def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callable[[Path], FoldSidecar], *,
-                       force: bool, source: Optional[Path] = None) -> Path:
+                       force: bool, source: Optional[Path] = None, label_names: tuple[str, ...] = ()) -> Path:
     """A Hugging Face directory at ``out``; returns the sidecar's path.
 
     ``fill(staging)`` writes the weights (and whatever else it owns, e.g. a config);
     ``describe(staging)``, called on the complete directory, returns its sidecar.
     Then every other file of ``source`` is copied unless ``fill`` wrote one of that
-    name; weight files of ``source`` are never copied (they hold unfolded weights).
+    name; weight files of ``source`` are never copied (they hold unfolded weights). The
+    config gets ``label_names`` as id2label/label2id when it has that many labels.
     """
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"output {out} exists and is not a directory; Hugging Face models are "
@@ -115,6 +117,7 @@ def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callab
         fill(staging)
         if source is not None:
             copy_other_files(source, staging, out)
+        write_label_names(staging, label_names)
         (staging / HF_SIDECAR).write_text(describe(staging).to_json(), encoding="utf-8")
         os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700 would hide the model from its users
         _replace_dir(staging, out)
@@ -125,6 +128,22 @@ def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callab
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out / HF_SIDECAR
+
+
+def write_label_names(directory: Path, names: tuple[str, ...]) -> bool:
+    """Put the data's class names into ``directory/config.json`` as ``id2label``/``label2id``
+    when the config has that many labels; True when it did. (Otherwise transformers
+    invents LABEL_0..K-1 and a pipeline answers in those.)"""
+    path = directory / "config.json"
+    if not names or not path.is_file():
+        return False
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if len(config.get("id2label") or {}) != len(names):
+        return False
+    config["id2label"] = {str(i): name for i, name in enumerate(names)}
+    config["label2id"] = {name: i for i, name in enumerate(names)}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return True
 
 
 def _replace_dir(staging: Path, out: Path) -> None:
