@@ -278,6 +278,9 @@ class TrainSettings(_Frozen):
     # Structures trained per step (glorac.sampling): `uniform` is the paper's one draw;
     # `sandwich` (the default, chosen by benchmarks/accuracy.py) adds the largest and smallest.
     sampling: Literal["uniform", "sandwich"] = "sandwich"
+    # Autocast precision of the forward (the adapters and optimizer state stay float32):
+    # `auto` is bf16 on a GPU and fp32 on a CPU; fp16 adds loss scaling.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def conflicts(self) -> list[SettingConflict]:
         """The constraints between fields that these settings break (none when valid)."""

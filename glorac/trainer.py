@@ -2,10 +2,11 @@
 
 Each step every adapted layer runs a structure drawn by :class:`StructureSampler` from
 ``(seed, step)``; only adapter tensors and the spec's ``train`` modules learn. AdamW,
-warm-up then cosine/linear/constant schedule, optional gradient clipping, bf16 autocast
-on GPU. A checkpoint is written atomically at every epoch end and on Ctrl-C; a resumed
-run ends with the same tensors as an uninterrupted one (data order, structures and the
-RNG state are all functions of the seed and the step, or saved).
+warm-up then cosine/linear/constant schedule, optional gradient clipping, autocast
+(``precision``: bf16 on GPU by default, fp32 on CPU; bf16/fp16 anywhere on request). A
+checkpoint is written atomically at every epoch end and on Ctrl-C; a resumed run ends
+with the same tensors as an uninterrupted one (data order, structures and the RNG state
+are all functions of the seed and the step, or saved).
 
 BatchNorm layers of the frozen base keep their running statistics (eval mode): they are
 base weights, which a checkpoint does not store and fold must not silently change.
@@ -39,6 +40,13 @@ from .sampling import StructureSampler
 
 class TrainingStopped(GloraError):
     """Training stopped on a non-finite loss; the last good checkpoint is kept."""
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of a ``precision`` setting on ``device`` (None: plain fp32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 class TrainingInterrupted(GloraError):
@@ -162,7 +170,10 @@ class Trainer:
         self.supernet, self.data, self.settings, self.dist = supernet, data, settings, dist
         self.output = None if output is None else Path(output)
         self.metrics_path = None if output is None else metrics_path(self.output)
-        self.amp = dist.device.type == "cuda" if amp is None else amp
+        self.autocast = autocast_dtype(settings.precision, dist.device) if amp is None else \
+            (torch.bfloat16 if amp else None)
+        # fp16's narrow range needs loss scaling; bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler(dist.device.type) if self.autocast is torch.float16 else None
         self.log_every, self.progress = log_every, progress
         self.dataset = data.splits["train"]
         self.task = getattr(data, "task", "classification")
@@ -311,7 +322,8 @@ class Trainer:
         for structure in structures:
             if not self.sampler.fixed:
                 self.supernet.activate(structure)
-            with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.dist.device.type, dtype=self.autocast or torch.bfloat16,
+                                enabled=self.autocast is not None):
                 logits = forward_logits(self.model, batch)
             if step == self.start_step and self.task == "classification":
                 check_num_classes(self.data, logits.shape[-1])
@@ -323,7 +335,7 @@ class Trainer:
             else:
                 objective = batch_sums.loss / batch_sums.count.clamp_min(1)
             if objective.requires_grad:  # the smallest structure may use no trainable tensor at all
-                objective.backward()
+                (objective if self.scaler is None else self.scaler.scale(objective)).backward()
             objectives.append(objective.detach())
         # The logged loss is the drawn structure's (the first); the sandwich's extremes
         # add gradient, not a different objective to report.
@@ -339,8 +351,14 @@ class Trainer:
                 f"{'epoch' if self.output else 'step'}. Lower the learning rate "
                 f"(now {self.settings.lr:g}) or set grad_clip in the spec's training block.")
         if self.settings.grad_clip:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         rate = len(indices) / max(time.perf_counter() - start, 1e-9)

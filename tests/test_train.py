@@ -215,3 +215,18 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     a, b = _adapters(one), _adapters(two)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_on_the_cpu(supernet_file, tmp_path, precision):
+    from glorac.trainer import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    out = tmp_path / f"{precision}.pt"
+    assert main(["train", str(supernet_file), *DATA, "-o", str(out), "--epochs", "1", "--warmup-epochs", "0",
+                 "--precision", precision, "--no-progress"]) == 0
+    record = glorac.load(out).history.train
+    assert record.settings.precision == precision
+    losses = [r["loss"] for r in record.log if "loss" in r]
+    assert losses and all(l == l and l < 10 for l in losses)  # finite, sane
