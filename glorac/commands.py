@@ -274,9 +274,10 @@ def cmd_plan(args) -> int:
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
-        from .report import print_plan
+        from .report import BaseSize, print_plan
 
-        print_plan(result, title=f"{args.spec} on {ref.name}")
+        print_plan(result, title=f"{args.spec} on {ref.name}", base=BaseSize.of(model))
+    _warn_frozen_head(model, result)
     return 0
 
 
@@ -294,9 +295,24 @@ def cmd_compile(args) -> int:
     supernet.model_ref = ref
     path = save(supernet, args.output, force=args.force)
     p = supernet.plan
+    _warn_frozen_head(model, p)
     print(f"wrote {path}: {len(p.layers)} adapted layers ({p.front_end} front end), "
           f"{p.supernet_params:,} trainable parameters, base weights not stored")
     return 0
+
+
+def _warn_frozen_head(model, plan) -> None:
+    """A classifier whose head neither trains nor adapts ends training at chance: say so."""
+    from .models import head_module
+    from .planning import under
+    from .stages import head_size
+
+    head = head_module(model, head_size(model))
+    if head is None or under(head + ".x", plan.trained) or any(lp.qualname == head for lp in plan.layers):
+        return
+    print(f"glorac: warning: the task head `{head}` stays frozen (the spec neither trains nor adapts it), so a "
+          f"new task cannot be learnt; add `train \"{head}\"` to the spec, or compile with --num-classes N, "
+          "which trains the new head by default.", file=sys.stderr)
 
 
 def cmd_fold(args) -> int:

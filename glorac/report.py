@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from rich.console import Console
 from rich.table import Table
 
@@ -25,23 +28,29 @@ def make_console() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
-def print_plan(plan, title: str = "", console: Console | None = None) -> None:
+def print_plan(plan, title: str = "", console: Console | None = None, base: "BaseSize | None" = None) -> None:
+    """The plan as a compact table: layers that differ only by their block number share a
+    row (``blocks.*.attn.qkv ×12``); a note every layer has is said once below."""
     console = console or make_console()
     table = Table(title=title or None, show_lines=False, caption=LEGEND)
-    for col in ("layer", "type", "shape", "allowed kinds", "max params", "rule", "notes"):
+    for col in ("layers", "type", "shape", "allowed kinds", "max params", "rule", "notes"):
         table.add_column(col, overflow="fold", justify="right" if col == "max params" else "left")
-    for lp in plan.layers:
-        site = lp.site
-        kind = site.type + (" (functional)" if site.functional else "")
-        rule = f"{lp.rule.file}:{lp.rule.line}"
-        table.add_row(lp.qualname, kind, site.shape, short_space(lp.space), f"{lp.max_params:,}",
-                      rule, "; ".join(lp.notes))
+    common = set.intersection(*(set(lp.notes) for lp in plan.layers)) if plan.layers else set()
+    for (pattern, kind, shape, space, rule, notes), group in _layer_groups(plan, common).items():
+        name = pattern if len(group) == 1 else f"{pattern} ×{len(group)}"
+        table.add_row(name, kind, shape, space, f"{sum(lp.max_params for lp in group):,}", rule, notes)
     console.print(table)
+    if common:
+        console.print(f"every layer: {'; '.join(sorted(common))}")
     front = "torch.fx graph" if plan.front_end == "fx" else "module swap"
     console.print(f"front end: {front}" + (f" (tracing failed {plan.trace_failure})"
                                              if plan.trace_failure else ""))
+    reasons: dict[str, list[str]] = {}
     for name, why in plan.skipped:
-        console.print(f"skipped {name}: {why}")
+        reasons.setdefault(why, []).append(name)
+    for why, names in reasons.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        console.print(f"skipped {shown}: {why}")
     console.print(f"layers adapted: {len(plan.layers)}")
     console.print(f"trained modules: {', '.join(plan.trained) or 'none'} ({plan.trained_params:,} params)")
     console.print(f"supernet trainable params: {plan.supernet_params:,}")
@@ -54,6 +63,50 @@ def print_plan(plan, title: str = "", console: Console | None = None) -> None:
         feasible = "feasible" if plan.budget_feasible else "INFEASIBLE (below the smallest subnet)"
         counted = " incl. trained" if plan.budget.include_trained else ""
         console.print(f"budget: {plan.budget.params:,}{counted} → {feasible}")
+    if base is not None:
+        for line in base.describe(plan):
+            console.print(line)
+
+
+def _layer_groups(plan, common: set) -> dict[tuple, list]:
+    groups: dict[tuple, list] = {}
+    for lp in plan.layers:
+        site = lp.site
+        kind = site.type + (" (functional)" if site.functional else "") + (" (Conv1D)" if site.transposed else "")
+        key = (re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", lp.qualname), kind, site.shape,
+               short_space(lp.space), f"{lp.rule.file}:{lp.rule.line}",
+               "; ".join(n for n in lp.notes if n not in common))
+        groups.setdefault(key, []).append(lp)
+    return groups
+
+
+@dataclass(frozen=True)
+class BaseSize:
+    """The base model's size, for the memory estimate `glorac plan` prints."""
+
+    params: int
+    bytes: int  # as stored (its dtype)
+
+    @classmethod
+    def of(cls, model) -> "BaseSize":
+        tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values()
+        return cls(sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors))
+
+    def describe(self, plan, world: int = 8) -> list[str]:
+        """Sizes, the trainable share, and training memory per GPU before activations:
+        base weights, plus fp32 trainable tensors with their gradients and AdamW's two moments."""
+        trainable = plan.supernet_params
+        state = trainable * 4 * 4
+        ddp = self.bytes + state
+        fsdp = (self.bytes + state) / world
+        return [f"base model: {self.params:,} params ({_gib(self.bytes)} as stored); trainable: {trainable:,} "
+                f"({100 * trainable / max(self.params, 1):.3f}% of the base)",
+                f"training memory per GPU, before activations: DDP {_gib(ddp)}; FSDP over {world} GPUs "
+                f"{_gib(fsdp)} (base weights, fp32 trainable tensors, their gradients and AdamW state)"]
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
 def print_fold_report(report, console: Console | None = None, max_rows: int = 60) -> None:

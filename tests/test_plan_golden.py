@@ -92,7 +92,9 @@ def plan_json(capsys, spec: str, model: str) -> dict:
                  "--device", "meta", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert err == ""
+    # The only thing on stderr may be the warning that a classifier's head stays frozen
+    # (llama.glora has no `train` line; paper.glora adapts nothing).
+    assert all(line.startswith("glorac: warning: the task head") for line in err.splitlines()), err
     return json.loads(out)
 
 
