@@ -281,6 +281,8 @@ class TrainSettings(_Frozen):
     # Autocast precision of the forward (the adapters and optimizer state stay float32):
     # `auto` is bf16 on a GPU and fp32 on a CPU; fp16 adds loss scaling.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Recompute activations in the backward instead of keeping them (Hugging Face models).
+    gradient_checkpointing: bool = False
 
     def conflicts(self) -> list[SettingConflict]:
         """The constraints between fields that these settings break (none when valid)."""

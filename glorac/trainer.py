@@ -42,6 +42,20 @@ class TrainingStopped(GloraError):
     """Training stopped on a non-finite loss; the last good checkpoint is kept."""
 
 
+def enable_gradient_checkpointing(supernet) -> None:
+    """Turn on a Hugging Face model's own activation checkpointing in the supernet's copy of it.
+
+    Its decoder layers recompute their activations in the backward, trading compute for
+    memory. A traced (fx) model has its Python branches fixed at trace time, so there the
+    switch would do nothing: refused rather than silently ignored."""
+    model = supernet.model
+    if not hasattr(model, "gradient_checkpointing_enable"):
+        raise GloraError("gradient_checkpointing works for Hugging Face models (the module front end); this "
+                         f"supernet wraps a {type(supernet.base_model).__name__} ({supernet.plan.front_end} front "
+                         "end). Turn it off (gradient_checkpointing = false).")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of a ``precision`` setting on ``device`` (None: plain fp32)."""
     if precision == "auto":
@@ -198,6 +212,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * settings.epochs
         self.state = TrainState()
         self.model = supernet.model
+        if settings.gradient_checkpointing:
+            enable_gradient_checkpointing(supernet)
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 

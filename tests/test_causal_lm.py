@@ -104,3 +104,34 @@ def test_causal_lm_from_compile_to_a_folded_model_that_plain_transformers_serves
             nxt = supernet(input_ids=reference).logits[:, -1].argmax(-1, keepdim=True)
             reference = torch.cat([reference, nxt], 1)
     assert torch.equal(generated[:, :reference.shape[1]], reference[:, :generated.shape[1]])
+
+
+def test_gradient_checkpointing_trains_the_same_tensors(capsys, lm_dir):
+    root, base, data = lm_dir
+    spec = root / "gc.glora"
+    spec.write_text(SPEC.replace("epochs = 3", "epochs = 1"))
+    sn = root / "gc.pt"
+    code, _, err = run_cli(capsys, "compile", spec, "--model", f"hf:{base}", "--task", "causal-lm", "-o", sn)
+    assert code == 0, err
+    outs = {}
+    for flag in ("--no-gradient-checkpointing", "--gradient-checkpointing"):
+        outs[flag] = root / f"gc{flag}.pt"
+        code, _, err = run_cli(capsys, "train", sn, "--data", data, "-o", outs[flag], flag, "--no-progress")
+        assert code == 0, err
+    plain, checkpointed = (glorac.load(p).adapter_state_dict() for p in outs.values())
+    assert glorac.load(outs["--gradient-checkpointing"]).history.train.settings.gradient_checkpointing
+    assert any(v.abs().sum() > 0 for k, v in plain.items() if not k.endswith("_in"))  # it trained
+    for key in plain:
+        assert torch.allclose(plain[key], checkpointed[key], rtol=1e-5, atol=1e-7), key
+
+
+def test_gradient_checkpointing_is_refused_for_a_traced_model(capsys, tmp_path):
+    spec = tmp_path / "s.glora"
+    spec.write_text(PAPER_SPACE + 'adapt "body.*" type Linear with paper(r=2)\ntrain "head"\n')
+    sn = tmp_path / "sn.pt"
+    code, _, err = run_cli(capsys, "compile", spec, "--model", "tests.test_train:digit_net", "-o", sn)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", sn, "--data", "builtin:digits", "--image-size", "8",
+                           "--gradient-checkpointing", "--no-progress")
+    assert code == 1 and "gradient_checkpointing works for Hugging Face models" in err
+    assert not (tmp_path / "sn.trained.pt").exists()
