@@ -20,7 +20,6 @@ loader's (no grouping by length: that would override the trainer's seeded order)
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch.utils.data import Dataset
 from glorac.errors import DataError
 
 from .core import Batch, TaskData, few, limit_indices, read_utf8
-from .text import TEXT_SUFFIXES, model_configs, checked_max_length, find_text_files, load_tokenizer
+from .text import TEXT_SUFFIXES, checked_max_length, find_text_files, jsonl_rows, load_tokenizer, model_configs
 
 IGNORE = -100  # the label torch's cross_entropy (and transformers) ignore
 TASKS = ("classification", "causal-lm")
@@ -121,15 +120,7 @@ def read_lm_records(path: Path) -> LMSplit:
     """The records of one JSONL file; every bad line is a DataError naming file and line."""
     split: LMSplit | None = None
     first_line = 0
-    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line "
-                            f"must be one object such as {_SHAPES}.") from None
+    for lineno, where, row in jsonl_rows(path, read_utf8(path), _SHAPES):
         kind = _kind(row, where)
         if split is None:
             split, first_line = LMSplit(str(path), kind), lineno

@@ -10,6 +10,8 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any, Iterator
+
 import torch
 from torch import nn
 
@@ -76,17 +78,23 @@ def read_records(path: Path) -> list[Record]:
     return records
 
 
-def _read_jsonl(path: Path, text: str) -> list[Record]:
-    records = []
+def jsonl_rows(path: Path, text: str, example: str) -> Iterator[tuple[int, str, Any]]:
+    """(line number, "file:line", parsed value) of every non-blank line of a JSONL text;
+    a line that is not JSON is a DataError naming it (``example``: what a line should be)."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            row = json.loads(line)
+            yield lineno, where, json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line "
-                            'must be one object such as {"text": "...", "label": 3}.') from None
+                            f"must be one object such as {example}.") from None
+
+
+def _read_jsonl(path: Path, text: str) -> list[Record]:
+    records = []
+    for lineno, where, row in jsonl_rows(path, text, '{"text": "...", "label": 3}'):
         if not isinstance(row, dict) or "text" not in row or "label" not in row:
             got = f"fields {few(sorted(row), 5)}" if isinstance(row, dict) else f"a {type(row).__name__}"
             lm = isinstance(row, dict) and "label" not in row and ("text" in row or "prompt" in row)
