@@ -123,8 +123,11 @@ def test_python_values_are_checked_like_spec_text():
 def test_flags_exist_for_every_setting_with_limits_in_the_help():
     parser = parser_for(TrainSettings)
     helps = {a.dest: a for a in parser._actions}
+    options: dict[str, list[str]] = {}
+    for action in parser._actions:  # a bool setting has two flags with one dest (--x, --no-x)
+        options.setdefault(action.dest, []).extend(action.option_strings)
     for name in TrainSettings.model_fields:
-        assert flag_of(name) in helps[name].option_strings
+        assert flag_of(name) in options[name]
     assert "schedule" in helps and helps["schedule"].choices == ("cosine", "linear", "constant")
     assert "min_lr" in helps and "head_lr" in helps
     assert "(an integer ≥ 1)" in helps["batch_size"].help
