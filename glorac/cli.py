@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import GloraError, SpecError
@@ -90,9 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """glorac's own warnings read as one line for a user; anything else as Python prints it."""
+    stream = file or sys.stderr
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        stream.write(f"glorac: warning: {message}\n")
+    else:
+        stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(argv)  # for messages that repeat the command (how to resume)
