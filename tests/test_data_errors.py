@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 from torch import nn
 
-from glorac.data import TaskData, check_num_classes, load_data, make_loader
+from glorac.data import TaskData, check_num_classes, make_loader
 from glorac.data.images import ImageFileDataset, ImagePrep, image_problem
 from glorac.errors import DataError
 from glorac.stages import check_head
+from tests import test_data
 
 
 class TimmLike(nn.Module):
@@ -56,14 +57,11 @@ def image_tree(root: Path, classes=("cat", "dog"), per_class=2, suffix=".jpg") -
 
 
 def load(source, **kwargs) -> TaskData:
-    kwargs.setdefault("model", TimmLike())
-    return load_data(str(source), **kwargs)
+    return test_data.load(source, **{"model": TimmLike(), **kwargs})  # 12 px images: decoding stays cheap
 
 
 def error_of(source, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        load(source, **kwargs)
-    return str(info.value)
+    return test_data.error_of(source, **{"model": TimmLike(), **kwargs})
 
 
 def write_lines(path: Path, lines) -> Path:

@@ -27,26 +27,24 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("GLORAC_UPDATE_GOLDEN") == "1"
 
 
-def _relative(path: str) -> str:
+def relative_to_root(path: str) -> str:  # also used by tests/test_plan_golden.py
     return Path(os.path.relpath(os.path.abspath(path), ROOT)).as_posix()
+
+
+def with_relative_files(node):
+    """JSON data with every ``file`` value made relative to the repository root."""
+    if isinstance(node, dict):
+        return {k: (relative_to_root(v) if k == "file" and isinstance(v, str) else with_relative_files(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [with_relative_files(v) for v in node]
+    return node
 
 
 def normalised_ir(spec: ir.Spec) -> dict:
     """The IR as JSON data with every file path relative to the repository root."""
-    data = spec.model_dump(mode="json")
-
-    def walk(node):
-        if isinstance(node, dict):
-            return {
-                k: (_relative(v) if k == "file" and isinstance(v, str) else walk(v))
-                for k, v in node.items()
-            }
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    data = walk(data)
-    data["files"] = [_relative(f) for f in spec.files]
+    data = with_relative_files(spec.model_dump(mode="json"))
+    data["files"] = [relative_to_root(f) for f in spec.files]
     return data
 
 

@@ -49,15 +49,18 @@ def _tokens() -> torch.Tensor:
     return torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
-def _save_llama(directory: Path, *, tied: bool) -> Path:
+def _llama(*, tied: bool):
     config = transformers.LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, tie_word_embeddings=tied,
         initializer_range=0.2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(directory, max_shard_size="40KB")
+        return transformers.LlamaForCausalLM(config)
+
+
+def _save_llama(directory: Path, *, tied: bool) -> Path:
+    _llama(tied=tied).save_pretrained(directory, max_shard_size="40KB")
     assert len(_shard_files(directory)) >= 3
     return directory
 
@@ -386,13 +389,7 @@ def test_failed_layer_check_writes_nothing(capsys, llama, tmp_path, monkeypatch)
 def test_one_file_and_sharded_directories_fold_to_the_same_directory(capsys, tmp_path):
     """The same model saved as one model.safetensors and as shards: both folds keep the LM
     head and the tokenizer, hold the same tensors bit for bit and the same other files."""
-    config = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, tie_word_embeddings=False,
-        initializer_range=0.2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(config)
+    model = _llama(tied=False)
     folded = {}
     for layout, shard in (("one", None), ("shards", "40KB")):
         base_dir = tmp_path / layout / "base"

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from glorac.selectors import matches_any
+from tests.test_dsl_golden import relative_to_root, with_relative_files
 from tests.zoo import ZOO, zoo_entry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,25 +56,10 @@ def _id(case) -> str:
     return f"{case[0]}__{case[1]}"
 
 
-def _relative(path: str) -> str:
-    return Path(os.path.relpath(os.path.abspath(path), ROOT)).as_posix()
-
-
 def normalised_plan(data: dict) -> dict:
     """The plan's JSON data with every file path relative to the repository root and
     the (library-version dependent) trace failure text replaced by a placeholder."""
-
-    def walk(node):
-        if isinstance(node, dict):
-            return {
-                k: (_relative(v) if k == "file" and isinstance(v, str) else walk(v))
-                for k, v in node.items()
-            }
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    data = walk(data)
+    data = with_relative_files(data)
     if data.get("trace_failure") is not None:
         data["trace_failure"] = TRACE_FAILED
     return data
@@ -109,7 +95,7 @@ def compare_with_golden(golden: Path, text: str) -> None:
         expected.splitlines(keepends=True), text.splitlines(keepends=True),
         fromfile=f"golden/plan/{golden.name}", tofile="glorac plan --json (now)", n=3))
     raise AssertionError(
-        f"the plan differs from {_relative(str(golden))}:\n{diff}\n"
+        f"the plan differs from {relative_to_root(str(golden))}:\n{diff}\n"
         f"If the change is intended, regenerate with\n    {REGENERATE}\nand review the diff.")
 
 
