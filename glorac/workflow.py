@@ -15,9 +15,9 @@ from torch import nn
 
 from . import stages
 from .checkpoint import load_checkpoint, read_checkpoint, save, supernet_from
-from .data import TaskData, load_data, require_split
+from .data import TaskData, check_source, load_data, require_split
 from .distributed import Dist, barrier
-from .errors import CheckpointError, DataError, GloraError
+from .errors import CheckpointError, GloraError
 from .history import FinetuneRecord
 from .ir import Structure
 from .overrides import apply_overrides
@@ -30,11 +30,11 @@ def data_for(model_or_supernet, source: str, **kwargs) -> TaskData:
     unreadable are reported on stderr before any work starts."""
     from .supernet import Supernet
 
-    base = model_or_supernet.base_model if isinstance(model_or_supernet, Supernet) else model_or_supernet
-    task = kwargs.pop("task", None) or (model_or_supernet.model_ref.task if isinstance(model_or_supernet, Supernet)
-                                        and model_or_supernet.model_ref is not None else None)
-    if task == "causal-lm":
-        kwargs["task"] = task
+    supernet = model_or_supernet if isinstance(model_or_supernet, Supernet) else None
+    base = supernet.base_model if supernet is not None else model_or_supernet
+    if kwargs.get("task") is None:  # the task the model was compiled for
+        kwargs["task"] = (supernet.model_ref.task if supernet is not None and supernet.model_ref else None) \
+            or "classification"
     data = load_data(source, model=base, **kwargs)
     stages.check_head(base, data)
     report = data.skipped_report()
@@ -47,21 +47,6 @@ def check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise GloraError(f"--batch-size {batch_size}: the evaluation batch size must be a whole number ≥ 1; "
                          "pass e.g. --batch-size 64, or leave it out.")
-
-
-def check_data_source(source: str) -> None:
-    """The cheap part of reading ``--data``: the built-in name or the path exists. Run
-    before the model is built, so a typo costs milliseconds, not a model load."""
-    from .data.builtin import builtin_names
-
-    if source.startswith("builtin:"):
-        name = source[len("builtin:"):].strip()
-        if name not in builtin_names():
-            raise DataError(f"unknown built-in dataset `{source}`; the built-in ones are "
-                            f"{', '.join('builtin:' + n for n in builtin_names())}.")
-    elif not Path(source).expanduser().exists():
-        raise DataError(f"data path {source} does not exist; check the path (or use one of "
-                        f"{', '.join('builtin:' + n for n in builtin_names())}).")
 
 
 def default_train_output(checkpoint: Path) -> Path:
@@ -94,7 +79,7 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
     if resume and stored and stored.world != dist.world:
         raise CheckpointError(f"{out} was written by a run with {stored.world} process(es); resume it "
                               f"with the same number (now {dist.world}).")
-    check_data_source(data_source)  # a wrong --data path is reported before the model is built
+    check_source(data_source)  # a wrong --data path is reported before the model is built
     supernet = supernet_from(ckpt, device=str(dist.device))
     if not resume:  # a fresh run starts a fresh record
         supernet.history = supernet.history.model_copy(update={"train": None})
@@ -149,7 +134,7 @@ def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[s
     ckpt = read_checkpoint(checkpoint)
     settings = apply_overrides(ckpt.meta.spec.training, overrides or {})
     given = read_structure(structure) if structure is not None else None
-    check_data_source(data_source)
+    check_source(data_source)
     supernet = supernet_from(ckpt, device=str(dist.device))
     chosen = _finetune_structure(supernet, checkpoint, given)
     # The trainer records its own progress under `train`; keep the supernet run's record.
@@ -189,7 +174,7 @@ def search_checkpoint(checkpoint: str, data_source: str, *, output: str, budget:
     cap = parse_budget(budget)
     ckpt = read_checkpoint(checkpoint)
     settings = apply_overrides(ckpt.meta.spec.search, overrides or {})
-    check_data_source(data_source)
+    check_source(data_source)
     supernet = supernet_from(ckpt, device=str(dist.device))
     data = data_for(supernet, data_source, **(data_options or {}))
     try:
@@ -228,7 +213,7 @@ def load_for_eval(path: str, *, structure: Optional[str] = None,
 def evaluate_path(path: str, data_source: str, *, split: str = "test", structure: Optional[str] = None,
                   batch_size: int = 64, device: str = "cpu", data_options: Optional[dict] = None) -> dict:
     check_batch_size(batch_size)
-    check_data_source(data_source)
+    check_source(data_source)
     model, what, task = load_for_eval(path, structure=structure, device=device)
     data = data_for(model, data_source, task=task, **(data_options or {}))
     result = stages.evaluate(model, data, split, batch_size=batch_size, device=device)

@@ -42,7 +42,7 @@ from .lm import TASKS, LMCollate, LMDataset, load_lm_data
 from .text import (TEXT_SUFFIXES, TextCollate, TextDataset, checked_max_length, find_text_files,
                    load_tokenizer, read_text_task)
 
-__all__ = ["Batch", "LabelSites", "TaskData", "load_data", "make_loader", "require_split",
+__all__ = ["Batch", "LabelSites", "TaskData", "check_source", "load_data", "make_loader", "require_split",
            "check_num_classes", "LMDataset", "LMCollate"]
 
 _ACCEPTED = (
@@ -110,17 +110,29 @@ def load_data(
                     str(source), skipped, raw.layout, raw.split_hint, on_corrupt, sites)
 
 
-def read_source(source: str, kind: str | None = None) -> RawTask:
-    """Recognise the layout of ``source`` and read its file lists/texts and labels."""
+def check_source(source: str) -> None:
+    """The cheap part of reading ``source``: it is given, and the built-in name or the path
+    exists. Nothing is read, so callers run it before building a model."""
     if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
         raise DataError(f"no data source given (got {source!r}); pass {_ACCEPTED}.")
     source = str(source)
     if source.startswith("builtin:"):
-        return read_builtin(source[len("builtin:"):].strip())
-    path = Path(source).expanduser()
-    if not path.exists():
+        name = source[len("builtin:"):].strip()
+        if name not in builtin_names():
+            raise DataError(f"unknown built-in data set `builtin:{name}`; built-ins are "
+                            f"{', '.join('builtin:' + n for n in builtin_names())}.")
+    elif not Path(source).expanduser().exists():
         hint = f" Did you mean builtin:{source}?" if source in builtin_names() else ""
         raise DataError(f"data path {source} does not exist; check the path.{hint} Accepted: {_ACCEPTED}.")
+
+
+def read_source(source: str, kind: str | None = None) -> RawTask:
+    """Recognise the layout of ``source`` and read its file lists/texts and labels."""
+    check_source(source)
+    source = str(source)
+    if source.startswith("builtin:"):
+        return read_builtin(source[len("builtin:"):].strip())
+    path = Path(source).expanduser()
     if path.is_file():
         if path.suffix.lower() in TEXT_SUFFIXES:
             return read_text_task({"train": path}, "single text file", (

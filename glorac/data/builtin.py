@@ -27,9 +27,7 @@ def builtin_names() -> list[str]:
 
 
 def read_builtin(name: str) -> RawTask:
-    if name not in _BUILTINS:
-        raise DataError(f"unknown built-in data set `builtin:{name}`; built-ins are "
-                        f"{', '.join('builtin:' + n for n in builtin_names())}.")
+    """A built-in task by name (checked by :func:`glorac.data.check_source`)."""
     return _BUILTINS[name]()
 
 
