@@ -36,7 +36,7 @@ def head_size(model: nn.Module) -> Optional[int]:
 
 def check_head(model: nn.Module, data: TaskData) -> None:
     """The data's classes must be the model's outputs (when the model says how many)."""
-    if getattr(data, "task", "classification") != "classification":
+    if data.task != "classification":
         return
     n = head_size(model)
     if n is not None:
@@ -78,7 +78,7 @@ def search(supernet, data: TaskData, *, budget: Optional[int] = None, settings: 
     check_head(supernet.base_model, data)
     require_split(data, "val")  # the search never looks at the test split
     batches = cached_batches(data, "val", batch_size, dist.device)
-    task = getattr(data, "task", "classification")
+    task = data.task
     evaluator = FoldedEvaluator(supernet, batches, forward=forward, task=task)
     plan = supernet.plan
     most = settings.population + settings.generations * (settings.mutations + settings.crossovers)
@@ -126,5 +126,5 @@ def evaluate(model: nn.Module, data: TaskData, split: str = "test", *, batch_siz
     check_head(model.base_model if isinstance(model, Supernet) else model, data)
     require_split(data, split)
     batches = cached_batches(data, split, batch_size, torch.device(device))
-    return accuracy(model, batches, data.num_classes, forward=forward, task=getattr(data, "task", "classification"))
+    return accuracy(model, batches, data.num_classes, forward=forward, task=data.task)
 

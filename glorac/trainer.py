@@ -190,7 +190,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(dist.device.type) if self.autocast is torch.float16 else None
         self.log_every, self.progress = log_every, progress
         self.dataset = data.splits["train"]
-        self.task = getattr(data, "task", "classification")
+        self.task = data.task
         self.structure = structure
         if structure is None:
             self.sampler = StructureSampler(supernet.spaces(), seed=settings.seed, rule=settings.sampling,

@@ -597,3 +597,26 @@ def test_verify_without_a_known_probe_still_catches_a_wrong_fold(monkeypatch):
     _drop_b(monkeypatch)  # a fold bug: per-layer deltas ≈ 0.1–0.3, far above float32 rounding
     with pytest.raises(FoldError):
         glorac.fold(supernet, structure, verify=True)
+
+
+def test_fold_state_merges_on_a_state_dict_like_fold():
+    entry, model, supernet, structure = _vit_supernet()
+    state = model.state_dict()
+    merged, report = glorac.fold_state(state, supernet.plan, supernet.adapters, structure)
+    folded = glorac.fold(supernet, structure).state_dict()
+    assert merged.keys() == folded.keys() and [lf.layer for lf in report.layers] == list(supernet.adapters)
+    for key, value in merged.items():
+        assert torch.equal(value, folded[key]), key
+        if key.rpartition(".")[0] not in supernet.adapters:
+            assert value is state[key]  # what is not adapted passes through, not copied
+    assert any(not torch.equal(merged[k], state[k]) for k in state)
+
+
+def test_old_names_still_work_with_a_deprecation_warning():
+    entry, model, supernet, structure = _vit_supernet()
+    with pytest.warns(DeprecationWarning, match="Supernet.activate"):
+        supernet.set_choice(structure)
+    with pytest.warns(DeprecationWarning, match="active_structure"):
+        assert supernet.choice() == structure
+    with pytest.warns(DeprecationWarning, match="spaces"):
+        assert supernet.choices() == supernet.spaces()

@@ -298,7 +298,7 @@ def fold_files(files: SourceFiles, staging: Path, plan: Plan, adapters: Mapping[
                 if new_map[file_key] == file:
                     tensors[file_key] = value.contiguous()
             rows.setdefault(lp.qualname, row)
-            check = FoldReport.of([row], state[f"{lp.qualname}.weight"].dtype)
+            check = FoldReport.of([row], keys.dtypes[f"{lp.qualname}.weight"])  # no second read
             if not check.ok:  # stop at the first bad layer, before more files are read
                 raise FoldError(check.failure())
         for key, value in trained.items():
