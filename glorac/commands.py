@@ -55,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
     p.add_argument("--force", action="store_true", help="overwrite an existing output and start over")
     add_setting_flags(p, TrainSettings, TRAIN_FLAGS)
+    _parallel_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -66,6 +67,7 @@ def register(sub) -> None:
                    help="structure JSON to fine-tune (default: the one the checkpoint has selected)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     add_setting_flags(p, TrainSettings, FINETUNE_FLAGS)
+    _parallel_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
 
@@ -79,6 +81,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     add_setting_flags(p, SearchSettings)
+    _parallel_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_search)
 
@@ -131,17 +134,30 @@ def _data_args(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
+def _parallel_args(p) -> None:
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard the frozen base over the processes with FSDP2 (adapters stay "
+                        "whole on each); without it every process holds the whole model (DDP)")
+
+
+def _setup(args):
+    """This process's place in a torchrun group (or the single process), as the flags ask."""
+    from .distributed import setup
+
+    return setup(args.device, sharding="fsdp" if getattr(args, "fsdp", False) else "ddp")
+
+
 def _data_options(args) -> dict:
     return {"image_size": args.image_size, "tokenizer_source": args.tokenizer, "on_corrupt": args.on_corrupt}
 
 
 def cmd_train(args) -> int:
-    from .distributed import setup, teardown
+    from .distributed import teardown
     from .workflow import train_checkpoint
 
     from .trainer import TrainingInterrupted
 
-    d = setup(args.device)
+    d = _setup(args)
     try:
         _, state, out = train_checkpoint(
             args.checkpoint, args.data, output=args.output, resume=args.resume, force=args.force, dist=d,
@@ -168,12 +184,12 @@ def _resume_command(argv: list[str]) -> str:
 def cmd_finetune(args) -> int:
     import time
 
-    from .distributed import setup, teardown
+    from .distributed import teardown
     from .workflow import finetune_checkpoint
 
     from .trainer import TrainingInterrupted
 
-    d = setup(args.device)
+    d = _setup(args)
     try:
         start = time.perf_counter()
         supernet, state, out = finetune_checkpoint(
@@ -195,10 +211,10 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from .distributed import setup, teardown
+    from .distributed import teardown
     from .workflow import search_checkpoint
 
-    d = setup(args.device)
+    d = _setup(args)
     try:
         supernet, result = search_checkpoint(
             args.checkpoint, args.data, output=args.output, budget=args.budget, structure_out=args.structure,

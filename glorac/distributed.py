@@ -15,6 +15,9 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # How a multi-process run holds the model: "ddp" (each process the whole model) or
+    # "fsdp" (the frozen base sharded over the processes, glorac.sharding).
+    sharding: str = "ddp"
 
     @property
     def main(self) -> bool:
@@ -24,8 +27,13 @@ class Dist:
     def active(self) -> bool:
         return self.world > 1
 
+    @property
+    def sharded(self) -> bool:
+        """The frozen base is sharded over the processes (FSDP)."""
+        return self.active and self.sharding == "fsdp"
 
-def setup(device: str | None = None) -> Dist:
+
+def setup(device: str | None = None, sharding: str = "ddp") -> Dist:
     """Join the process group when launched by torchrun; pick the device for this rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -37,7 +45,7 @@ def setup(device: str | None = None) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local, device=dev)
+    return Dist(rank=rank, world=world, local_rank=local, device=dev, sharding=sharding)
 
 
 def teardown(d: Dist) -> None:

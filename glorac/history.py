@@ -7,7 +7,7 @@ run), search (what was found, under which budget), fine-tuning (where it started
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -27,6 +27,7 @@ class TrainRecord(_Record):
     log: list[dict[str, Any]] = Field(default_factory=list, validation_alias=AliasChoices("log", "history"))
     settings: TrainSettings
     world: int = 1
+    sharding: Optional[Literal["ddp", "fsdp"]] = None  # how a multi-process run held the model
     param_groups: list[dict[str, Any]] = Field(default_factory=list)  # the optimizer's, without params
 
 

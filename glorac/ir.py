@@ -283,6 +283,9 @@ class TrainSettings(_Frozen):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Recompute activations in the backward instead of keeping them (Hugging Face models).
     gradient_checkpointing: bool = False
+    # Batches of examples of similar length (less padding; language models): a seeded
+    # shuffle as always, then lengths sorted within windows of 50 batches.
+    group_by_length: bool = False
 
     def conflicts(self) -> list[SettingConflict]:
         """The constraints between fields that these settings break (none when valid)."""

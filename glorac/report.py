@@ -94,15 +94,18 @@ class BaseSize:
 
     def describe(self, plan, world: int = 8) -> list[str]:
         """Sizes, the trainable share, and training memory per GPU before activations:
-        base weights, plus fp32 trainable tensors with their gradients and AdamW's two moments."""
+        base weights, plus fp32 trainable tensors with their gradients and AdamW's two moments.
+        Under FSDP (glorac.sharding) only the base is sharded; the trainable state is whole
+        on every GPU, and one block at a time is gathered in the forward (not counted)."""
         trainable = plan.supernet_params
         state = trainable * 4 * 4
         ddp = self.bytes + state
-        fsdp = (self.bytes + state) / world
+        fsdp = self.bytes / world + state
         return [f"base model: {self.params:,} params ({_gib(self.bytes)} as stored); trainable: {trainable:,} "
                 f"({100 * trainable / max(self.params, 1):.3f}% of the base)",
                 f"training memory per GPU, before activations: DDP {_gib(ddp)}; FSDP over {world} GPUs "
-                f"{_gib(fsdp)} (base weights, fp32 trainable tensors, their gradients and AdamW state)"]
+                f"{_gib(fsdp)} (base weights, fp32 trainable tensors, their gradients and AdamW state; "
+                f"FSDP shards the base only)"]
 
 
 def _gib(n: float) -> str:

@@ -32,11 +32,12 @@ def cached_batches(data: TaskData, split: str, batch_size: int, device, *, rank:
 Forward = Callable[[nn.Module, Batch], torch.Tensor]
 
 
-def _score(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int],
-           task: str = "classification") -> dict:
+def _sums(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int],
+          task: str = "classification") -> torch.Tensor:
+    """(loss, correct, count) summed over ``batches``, as one float64 tensor on the device."""
     # Sums stay on the device (float64, the same numbers as Python floats) so that a GPU
     # synchronises once per call rather than twice per batch.
-    correct = loss = count = None
+    total = None
     for batch in batches:
         logits = forward(model, batch).float()
         if task == "classification" and num_classes is not None and logits.shape[-1] != num_classes:
@@ -45,14 +46,23 @@ def _score(model: nn.Module, batches: list[Batch], forward: Forward, num_classes
             raise DataError(f"the data has {num_classes} classes but the model outputs {logits.shape[-1]} "
                             f"scores; evaluate on data with the classes the model was trained on.")
         part = sums(task, logits, batch.labels)
-        loss = part.loss.double() if loss is None else loss + part.loss.double()
-        correct = part.correct if correct is None else correct + part.correct
-        count = part.count if count is None else count + part.count
-    correct, loss, n = (0, 0.0, 0) if loss is None else (int(correct.item()), loss.item(), int(count.item()))
+        part = torch.stack([part.loss.double(), part.correct.double(), part.count.double()])
+        total = part if total is None else total + part
+    return torch.zeros(3, dtype=torch.float64) if total is None else total
+
+
+def _result(total: torch.Tensor, task: str) -> dict:
+    loss, correct, n = total.tolist()
+    correct, n = int(correct), int(n)
     result = {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "correct": correct, "n": n}
     if task == "causal-lm":  # n counts label tokens; accuracy is next-token accuracy
         result["perplexity"] = math.exp(min(result["loss"], 700.0))
     return result
+
+
+def _score(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int],
+           task: str = "classification") -> dict:
+    return _result(_sums(model, batches, forward, num_classes, task), task)
 
 
 @torch.no_grad()
@@ -112,6 +122,53 @@ class FoldedEvaluator:
             self.written.pop(lp.qualname, None)  # a failed write must not leave a stale record
             write_layers(self.scratch, self.supernet.plan, entries, [lp.qualname])
             self.written[lp.qualname] = structure.layers[lp.qualname]
+
+
+class ShardedEvaluator:
+    """Evaluates structures through a supernet whose base is sharded over the processes
+    (FSDP, :mod:`glorac.sharding`): every rank runs every candidate, on its share of each
+    batch, and the sums are added over the ranks, so every rank gets the same score.
+
+    Folding needs the whole base in one process, which FSDP is there to avoid; so this
+    activates each structure in the supernet instead (adapter arithmetic per forward,
+    slower than :class:`FoldedEvaluator`'s plain forwards). ``shares``: this rank's part of
+    every global batch, the same number on every rank (every forward is collective)."""
+
+    def __init__(self, supernet, model: nn.Module, shares: list[tuple[Batch, bool]],
+                 forward: Optional[Forward] = None, task: str = "classification"):
+        self.supernet, self.model, self.shares, self.task = supernet, model, shares, task
+        self.forward: Forward = forward or forward_logits
+
+    def __call__(self, structure: Structure) -> dict:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.supernet.activated(structure):
+                total = None
+                for batch, counted in self.shares:
+                    part = _sums(self.model, [batch], self.forward, None, self.task)
+                    part = part if counted else torch.zeros_like(part)
+                    total = part if total is None else total + part
+            total = torch.zeros(3, dtype=torch.float64) if total is None else total
+            torch.distributed.all_reduce(total)
+            return _result(total.cpu(), self.task)
+        finally:
+            self.model.train(was_training)
+
+
+def sharded_batches(data: TaskData, split: str, batch_size: int, device, *, rank: int,
+                    world: int) -> list[tuple[Batch, bool]]:
+    """This rank's share of each global batch of ``split``, and whether it counts.
+
+    A rank whose share of the last batch is empty (fewer examples than ranks) runs the
+    batch's first example uncounted, so that every rank calls the model as often."""
+    dataset = data.splits[split]
+    out = []
+    for k in range(0, len(dataset), batch_size):
+        indices = list(range(k, min(k + batch_size, len(dataset))))[rank::world]
+        counted = bool(indices)
+        out.append((data.collate([dataset[i] for i in (indices or [k])]).to(device), counted))
+    return out
 
 
 def supernet_accuracy(supernet, batches: list[Batch], structure: Optional[Structure] = None,

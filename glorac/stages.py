@@ -18,7 +18,7 @@ from torch import nn
 from .data import TaskData, check_num_classes, require_split
 from .distributed import Dist, all_gather_objects
 from .progress import SearchProgress
-from .scoring import FoldedEvaluator, Forward, accuracy, cached_batches
+from .scoring import FoldedEvaluator, Forward, ShardedEvaluator, accuracy, cached_batches, sharded_batches
 from .history import SearchRecord
 from .objectives import fitness
 from .ir import Budget, SearchSettings, Structure, TrainSettings
@@ -77,26 +77,49 @@ def search(supernet, data: TaskData, *, budget: Optional[int] = None, settings: 
     settings = settings or supernet.spec.search
     check_head(supernet.base_model, data)
     require_split(data, "val")  # the search never looks at the test split
-    batches = cached_batches(data, "val", batch_size, dist.device)
     task = data.task
-    evaluator = FoldedEvaluator(supernet, batches, forward=forward, task=task)
     plan = supernet.plan
     most = settings.population + settings.generations * (settings.mutations + settings.crossovers)
     bar = SearchProgress(progress and dist.main, most, settings.generations)
+    if dist.sharded:
+        from .sharding import shard_supernet
+
+        # The base is in pieces: every rank scores every candidate, on its share of the data.
+        model = shard_supernet(supernet, dist)
+        shares = sharded_batches(data, "val", batch_size, dist.device, rank=dist.rank, world=dist.world)
+        evaluate = _joint_evaluate(ShardedEvaluator(supernet, model, shares, forward=forward, task=task), bar, task)
+    else:
+        batches = cached_batches(data, "val", batch_size, dist.device)
+        evaluate = _split_evaluate(FoldedEvaluator(supernet, batches, forward=forward, task=task), bar, dist, task)
     geoms = {n: a.geom for n, a in supernet.adapters.items()}
     with bar:
         result = evolve(supernet.spaces(), geoms, budget=plan.budget.params if plan.budget else None,
-                        settings=settings, evaluate=_sharded_evaluate(evaluator, bar, dist, task),
-                        extra_params=plan.counted_extra)
+                        settings=settings, evaluate=evaluate, extra_params=plan.counted_extra)
     supernet.select(result.best.structure)
-    record = SearchRecord(budget=result.budget, best_accuracy=result.best.fitness, task=task, best_params=result.best.params,
-                          evaluated=len(result.evaluated), settings=settings, data=data_name or data.source)
+    record = SearchRecord(budget=result.budget, best_accuracy=result.best.fitness, task=task,
+                          best_params=result.best.params, evaluated=len(result.evaluated), settings=settings,
+                          data=data_name or data.source)
     supernet.history = supernet.history.model_copy(update={"search": record})
     return result
 
 
-def _sharded_evaluate(evaluator: FoldedEvaluator, bar: SearchProgress, dist: Dist,
-                      task: str) -> Callable[[list[Structure]], list[float]]:
+def _joint_evaluate(evaluator: "ShardedEvaluator", bar: SearchProgress,
+                    task: str) -> Callable[[list[Structure]], list[float]]:
+    """evolve()'s evaluate when all ranks score each candidate together (FSDP)."""
+
+    def evaluate(structures: list[Structure]) -> list[float]:
+        bar.next_generation()
+        scores = []
+        for s in structures:
+            scores.append(fitness(task, evaluator(s)))
+            bar.advance(scores[-1])
+        return scores
+
+    return evaluate
+
+
+def _split_evaluate(evaluator: FoldedEvaluator, bar: SearchProgress, dist: Dist,
+                    task: str) -> Callable[[list[Structure]], list[float]]:
     """evolve()'s evaluate: this rank's share of each generation, gathered from every rank."""
 
     def evaluate(structures: list[Structure]) -> list[float]:

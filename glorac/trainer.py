@@ -99,11 +99,41 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * decay
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """The global batches of one epoch: a seeded permutation cut into batch_size chunks."""
+#: Batches per window that ``group_by_length`` sorts (the window keeps the order random
+#: at the scale of an epoch, as in transformers' length-grouped sampler).
+LENGTH_WINDOW = 50
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int,
+                lengths: Optional[list[int]] = None) -> list[torch.Tensor]:
+    """The global batches of one epoch: a seeded permutation cut into batch_size chunks.
+
+    ``lengths`` (one per example): group examples of similar length. The permutation is
+    cut into windows of ``LENGTH_WINDOW`` batches, each sorted by length (longest first)
+    and cut into batches, and the batches are shuffled again, except that the longest
+    comes first, so that a batch too large for memory fails at step 1, not hours in."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=g)
-    return list(perm.split(batch_size))
+    if lengths is None:
+        return list(perm.split(batch_size))
+    size = torch.as_tensor(lengths)
+    batches = []
+    for window in perm.split(batch_size * LENGTH_WINDOW):
+        order = torch.sort(size[window], descending=True, stable=True).indices
+        batches.extend(window[order].split(batch_size))
+    order = torch.randperm(len(batches), generator=g).tolist()
+    longest = max(range(len(batches)), key=lambda i: int(size[batches[i]].max()))
+    order.remove(longest)
+    return [batches[i] for i in [longest, *order]]
+
+
+def example_lengths(dataset) -> list[int]:
+    """Tokens per example, for ``group_by_length``; a clear error for data without lengths."""
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is None:
+        raise GloraError("group_by_length groups examples by their token count, and this data has none "
+                         "(images, or text classification); turn it off (group_by_length = false).")
+    return list(lengths)
 
 
 def freeze_norm_statistics(model: nn.Module) -> None:
@@ -156,7 +186,8 @@ def train_plain(model: nn.Module, data: TaskData, groups: list[tuple[list, float
     model.train()
     freeze_norm_statistics(model)
     for epoch in range(settings.epochs):
-        for indices in batch_order(len(dataset), settings.batch_size, settings.seed, epoch):
+        lengths = example_lengths(dataset) if settings.group_by_length else None
+        for indices in batch_order(len(dataset), settings.batch_size, settings.seed, epoch, lengths):
             batch = data.collate([dataset[int(i)] for i in indices])
             factor = lr_factor(step, total, settings.warmup_epochs * steps_per_epoch, settings.schedule,
                                settings.min_lr / settings.lr)
@@ -191,6 +222,7 @@ class Trainer:
         self.log_every, self.progress = log_every, progress
         self.dataset = data.splits["train"]
         self.task = data.task
+        self.lengths = example_lengths(self.dataset) if settings.group_by_length else None
         self.structure = structure
         if structure is None:
             self.sampler = StructureSampler(supernet.spaces(), seed=settings.seed, rule=settings.sampling,
@@ -214,7 +246,11 @@ class Trainer:
         self.model = supernet.model
         if settings.gradient_checkpointing:
             enable_gradient_checkpointing(supernet)
-        if dist.active:
+        if dist.sharded:
+            from .sharding import shard_supernet
+
+            self.model = shard_supernet(supernet, dist)
+        elif dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             # Every rank samples the same structure, but the adapters a structure does not
@@ -239,6 +275,7 @@ class Trainer:
                 tensors[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
         record = TrainRecord(step=self.state.step, epochs_done=self.state.epochs_done, log=self.state.history,
                              settings=self.settings, world=self.dist.world,
+                             sharding=self.dist.sharding if self.dist.active else None,
                              param_groups=[{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]])
         return record, tensors
 
@@ -308,7 +345,7 @@ class Trainer:
         with TrainProgress(self.dist.main and self.progress, self.total_steps, self.state.step) as bar:
             while self.state.step < self.total_steps:
                 epoch, offset = divmod(self.state.step, self.steps_per_epoch)
-                batches = batch_order(len(self.dataset), s.batch_size, s.seed, epoch)
+                batches = batch_order(len(self.dataset), s.batch_size, s.seed, epoch, self.lengths)
                 for indices in batches[offset:]:
                     self._step(indices, bar)
                     if self._should_stop():
@@ -344,12 +381,15 @@ class Trainer:
             if step == self.start_step and self.task == "classification":
                 check_num_classes(self.data, logits.shape[-1])
             batch_sums = sums(self.task, logits, batch.labels)
-            # Scaled so that DDP's average over ranks is the global batch mean: over examples;
-            # for a language model, the mean of the ranks' per-token means.
+            # Scaled so that the average of the ranks' gradients is that of the global batch
+            # mean: over examples, or for a language model over all ranks' label tokens.
             if self.task == "classification":
-                objective = batch_sums.loss * self.dist.world / len(indices)
+                count = torch.tensor(float(len(indices)))
             else:
-                objective = batch_sums.loss / batch_sums.count.clamp_min(1)
+                count = batch_sums.count.detach().float()
+                if self.dist.active:
+                    torch.distributed.all_reduce(count)
+            objective = batch_sums.loss * self.dist.world / count.clamp_min(1)
             if objective.requires_grad:  # the smallest structure may use no trainable tensor at all
                 (objective if self.scaler is None else self.scaler.scale(objective)).backward()
             objectives.append(objective.detach())
@@ -360,6 +400,10 @@ class Trainer:
             torch.distributed.all_reduce(total)
         mean_loss = (total / self.dist.world).item()
         extremes_finite = len(objectives) == 1 or bool(torch.isfinite(torch.stack(objectives[1:])).all())
+        if self.dist.sharded:
+            from .sharding import average_gradients
+
+            average_gradients(self.params, self.dist)  # DDP does this in the backward
         if not (math.isfinite(mean_loss) and extremes_finite):
             raise TrainingStopped(
                 f"the loss became {mean_loss} at step {step} (epoch {step // self.steps_per_epoch + 1}); "

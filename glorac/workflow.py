@@ -19,7 +19,7 @@ from .data import TaskData, check_source, load_data, require_split
 from .distributed import Dist, barrier
 from .errors import CheckpointError, GloraError
 from .history import FinetuneRecord
-from .ir import Structure
+from .ir import Structure, TrainSettings
 from .overrides import apply_overrides
 from .safeio import check_output
 from .structure_files import read_structure, write_structure
@@ -76,6 +76,7 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
                               "rerun that command with --force instead.")
     settings = stored.settings if resume and stored else ckpt.meta.spec.training
     settings = apply_overrides(settings, overrides or {})
+    check_settings_for_task(settings, ckpt.meta.model_ref)
     if resume and stored and stored.world != dist.world:
         raise CheckpointError(f"{out} was written by a run with {stored.world} process(es); resume it "
                               f"with the same number (now {dist.world}).")
@@ -90,6 +91,15 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
         trainer.restore(stored, ckpt.extra_tensors)
     state = trainer.fit()
     return supernet, state, out
+
+
+def check_settings_for_task(settings: TrainSettings, model_ref) -> None:
+    """Training settings that need a task the checkpoint's model does not have, refused
+    before the model is built."""
+    if settings.group_by_length and (model_ref is None or model_ref.task != "causal-lm"):
+        raise GloraError("group_by_length groups examples by their token count, which only causal-LM data "
+                         "has (this checkpoint's task is classification); turn it off (--no-group-by-length "
+                         "or group_by_length = false in the spec).")
 
 
 def default_finetune_output(checkpoint: Path) -> Path:
@@ -133,6 +143,7 @@ def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[s
     check_output(metrics_path(out), force=True, what="metrics log")
     ckpt = read_checkpoint(checkpoint)
     settings = apply_overrides(ckpt.meta.spec.training, overrides or {})
+    check_settings_for_task(settings, ckpt.meta.model_ref)
     given = read_structure(structure) if structure is not None else None
     check_source(data_source)
     supernet = supernet_from(ckpt, device=str(dist.device))

@@ -131,3 +131,18 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_torchrun(*argv, nproc: int = 2, timeout: int = 300):
+    """``torchrun --standalone --nproc_per_node NPROC -m glorac ARGV`` on CPU (Gloo), from
+    the repository root; returns the CompletedProcess (text output captured)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "glorac", *[str(a) for a in argv], "--device", "cpu", "--no-progress"]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)

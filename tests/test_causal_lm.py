@@ -135,3 +135,44 @@ def test_gradient_checkpointing_is_refused_for_a_traced_model(capsys, tmp_path):
                            "--gradient-checkpointing", "--no-progress")
     assert code == 1 and "gradient_checkpointing works for Hugging Face models" in err
     assert not (tmp_path / "sn.trained.pt").exists()
+
+
+def test_group_by_length_trains_with_less_padding(capsys, lm_dir):
+    from glorac.trainer import batch_order
+
+    root, base, data = lm_dir
+    spec = root / "grouped.glora"
+    spec.write_text(SPEC)
+    sn = root / "grouped.pt"
+    assert run_cli(capsys, "compile", spec, "--model", f"hf:{base}", "--task", "causal-lm", "-o", sn)[0] == 0
+    out = root / "grouped.trained.pt"
+    code, _, err = run_cli(capsys, "train", sn, "--data", data, "-o", out, "--group-by-length", "--no-progress")
+    assert code == 0, err
+    supernet = glorac.load(out)
+    assert supernet.history.train.settings.group_by_length
+    log = [r["loss"] for r in supernet.history.train.log if "loss" in r]
+    assert log[-1] < log[0], log
+
+    # On this data (two text lengths), grouping pads less than the plain order does.
+    lengths = glorac.data.load_data(str(data), model=None, task="causal-lm",
+                                    tokenizer_source=str(base)).splits["train"].lengths
+
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b.tolist()) - sum(lengths[i] for i in b.tolist())
+                   for b in batches)
+
+    assert padding(batch_order(len(lengths), 8, 1, 0, lengths)) < padding(batch_order(len(lengths), 8, 1, 0))
+
+
+def test_group_by_length_is_refused_for_classification_before_the_model_is_built(capsys, tmp_path, monkeypatch):
+    spec = tmp_path / "s.glora"
+    spec.write_text(PAPER_SPACE + 'adapt "body.*" type Linear with paper(r=2)\ntrain "head"\n')
+    sn = tmp_path / "sn.pt"
+    assert run_cli(capsys, "compile", spec, "--model", "tests.test_train:digit_net", "-o", sn)[0] == 0
+    import glorac.workflow
+
+    monkeypatch.setattr(glorac.workflow, "supernet_from", lambda *a, **k: pytest.fail("the model was built"))
+    code, _, err = run_cli(capsys, "train", sn, "--data", "builtin:digits", "--image-size", "8",
+                           "--group-by-length", "--no-progress")
+    assert code == 1 and "only causal-LM data" in err and "--no-group-by-length" in err
+    assert not (tmp_path / "sn.trained.pt").exists()

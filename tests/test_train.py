@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +13,8 @@ from glorac.dsl.library import PAPER_SPACE
 from glorac.checkpoint import read_checkpoint
 from glorac.cli import main
 from glorac.sampling import StructureSampler
+from tests.reference import run_torchrun
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = ["--data", "builtin:digits", "--image-size", "8"]
 
 SPEC = PAPER_SPACE + """
@@ -206,11 +202,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                  str(supernet_file)]) == 0
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     assert main(["train", str(supernet_file), *DATA, "-o", str(one), "--epochs", "1", "--warmup-epochs", "0", "--no-progress"]) == 0
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "glorac", "train", str(supernet_file), *DATA, "-o", str(two), "--epochs", "1", "--warmup-epochs", "0",
-           "--no-progress", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun("train", supernet_file, *DATA, "-o", two, "--epochs", "1", "--warmup-epochs", "0")
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = _adapters(one), _adapters(two)
     for k in a:
@@ -230,3 +222,21 @@ def test_reduced_precision_trains_on_the_cpu(supernet_file, tmp_path, precision)
     assert record.settings.precision == precision
     losses = [r["loss"] for r in record.log if "loss" in r]
     assert losses and all(l == l and l < 10 for l in losses)  # finite, sane
+
+
+def test_length_grouped_batches_cover_every_example_once_longest_first():
+    from glorac.trainer import LENGTH_WINDOW, batch_order
+
+    lengths = [(i * 7919) % 97 + 1 for i in range(1000)]
+    batches = batch_order(len(lengths), 8, seed=3, epoch=1, lengths=lengths)
+    flat = torch.cat(batches).tolist()
+    assert sorted(flat) == list(range(1000))  # a permutation: nothing lost, nothing twice
+    assert max(lengths[i] for i in batches[0].tolist()) == max(lengths)
+    assert [b.tolist() for b in batch_order(1000, 8, 3, 1, lengths)] == [b.tolist() for b in batches]
+    assert [b.tolist() for b in batch_order(1000, 8, 3, 2, lengths)] != [b.tolist() for b in batches]
+    # Within a batch the lengths are close: the spread is far below that of random batches.
+    spread = sum(max(lengths[i] for i in b.tolist()) - min(lengths[i] for i in b.tolist()) for b in batches)
+    plain = sum(max(lengths[i] for i in b.tolist()) - min(lengths[i] for i in b.tolist())
+                for b in batch_order(1000, 8, 3, 1))
+    assert spread < plain / 4
+    assert LENGTH_WINDOW * 8 < 1000  # more than one window here, so the windows are exercised

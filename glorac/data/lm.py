@@ -14,8 +14,9 @@ unshifted (the trainer compares ``logits[:, :-1]`` with ``labels[:, 1:]``), with
 the BOS, on every prompt token and on padding: a prompt/completion example is scored on
 its completion (and EOS) only.
 
-Batches are padded on the right to their longest example; the order of examples is the
-loader's (no grouping by length: that would override the trainer's seeded order).
+Batches are padded on the right to their longest example. The order of examples is the
+trainer's (seeded); its ``group_by_length`` setting batches examples of similar length
+(``LMDataset.lengths``) to cut the padding.
 """
 
 from __future__ import annotations
