@@ -31,9 +31,12 @@ _LAZY = {
     "search": "glorac.stages",
     "evaluate": "glorac.stages",
     "save": "glorac.checkpoint",
+    "save_adapters": "glorac.checkpoint",
     "load": "glorac.checkpoint",
     "fold": "glorac.folding.model",
     "fold_state": "glorac.folding.core",
+    "to_peft": "glorac.peft_export",
+    "from_peft": "glorac.peft_import",
 }
 
 __all__ = [

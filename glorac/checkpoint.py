@@ -12,7 +12,15 @@ pickled code): a dict of plain strings and tensors.
 * ``extra_tensors``: what a resumed training run needs (optimizer moments, RNG state).
 
 The base weights are *not* stored: :func:`load` rebuilds the model from its reference
-(or takes one) and refuses it when its digest differs from the one recorded.
+(or takes one) and refuses it when its digest differs from the one recorded. A supernet
+compiled from an ``nn.Module`` object has no reference: its checkpoint loads with
+``glorac.load(path, model=the_same_model)``.
+
+:func:`save_adapters` writes the same content as two files in a directory, for tools
+that expect that shape (the Hugging Face Trainer's checkpoint folders, PEFT users):
+``glorac_adapter.safetensors`` (every table above, keys prefixed ``adapter.``,
+``trained.`` and ``resume.``) and ``glorac_adapter.json`` (format, version and the
+metadata, readable). :func:`read_checkpoint` and so every command accept either.
 """
 
 from __future__ import annotations
@@ -32,12 +40,18 @@ from .ir import Spec, Structure
 from .models import ModelRef
 from .op import GloraAdapter
 from .planning import LayerPlan, Plan, under
-from .safeio import atomic_write, tensor_digest
+from .safeio import atomic_write, atomic_write_text, check_output, tensor_digest
 from .supernet import Supernet
 from .version import __version__
 
 FORMAT = "glorac.supernet"
 FORMAT_VERSION = 3
+#: The adapters-only directory (save_adapters): its two files and its format tag.
+ADAPTER_WEIGHTS = "glorac_adapter.safetensors"
+ADAPTER_CONFIG = "glorac_adapter.json"
+ADAPTER_FORMAT = "glorac.adapters"
+#: Safetensors key prefixes of the checkpoint's tensor tables.
+_TABLES = {"adapter": "adapters", "trained": "trained", "resume": "extra_tensors"}
 #: Version 2 kept the run history as a free-form ``extra`` dict (read into RunHistory).
 #: Version 1 predates `parametrization` and `sampling`: its adapter tensors are the
 #: authors' unscaled ones (docs/parametrization.md), so reading one pins those settings.
@@ -54,7 +68,7 @@ class CheckpointMeta(BaseModel):
     glorac_version: str
     spec: Spec
     spec_sources: dict[str, str] = {}
-    model_ref: ModelRef
+    model_ref: Optional[ModelRef] = None  # None: compiled from an nn.Module object
     plan: Plan
     base_digest: str
     structure: Optional[Structure] = None
@@ -71,6 +85,16 @@ class Checkpoint:
     trained: dict[str, torch.Tensor]
     extra_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def model_ref(self) -> ModelRef:
+        """The base model's reference; CheckpointError when the supernet had none."""
+        if self.meta.model_ref is None:
+            raise CheckpointError(
+                f"{self.path} was saved from a supernet compiled from an nn.Module object, so it names no "
+                "model to rebuild. Load it in Python with glorac.load(path, model=YOUR_MODEL) (the same "
+                "weights), or compile from a reference (--model package.module:factory, hf:DIR or a timm "
+                "name) to use it from the command line.")
+        return self.meta.model_ref
+
 
 def base_digest(model: nn.Module, trained: tuple[str, ...]) -> str:
     """Digest of the frozen base weights (the `train` modules excluded: they change)."""
@@ -78,29 +102,60 @@ def base_digest(model: nn.Module, trained: tuple[str, ...]) -> str:
     return tensor_digest((k, v) for k, v in state.items() if not under(k, trained))
 
 
-def save(supernet: Supernet, path: Union[str, Path], *, force: bool = False,
-         extra_tensors: Optional[dict[str, torch.Tensor]] = None) -> Path:
-    """Write ``supernet`` (with its structure and history) atomically; an existing file is
-    kept unless ``force``. ``extra_tensors``: a training run's resume state."""
-    if supernet.spec is None or supernet.model_ref is None:
-        raise CheckpointError(
-            "this supernet was compiled from an nn.Module object, so a checkpoint could not "
-            "rebuild its base model; compile from a model reference (timm name, hf:PATH or "
-            "package.module:factory) to save it")
+def checkpoint_meta(supernet: Supernet) -> CheckpointMeta:
+    """What a checkpoint of ``supernet`` says about itself (its digest computed once)."""
+    if supernet.spec is None:
+        raise CheckpointError("this supernet has no spec (it was not built by glorac.build_supernet), "
+                              "so a checkpoint could not rebuild it; build it with glorac.build_supernet.")
     if supernet.base_digest is None:
         supernet.base_digest = base_digest(supernet.base_model, supernet.plan.trained)
-    meta = CheckpointMeta(glorac_version=__version__, spec=supernet.spec, spec_sources=_sources(supernet.spec),
+    return CheckpointMeta(glorac_version=__version__, spec=supernet.spec, spec_sources=_sources(supernet.spec),
                           model_ref=supernet.model_ref, plan=supernet.plan, base_digest=supernet.base_digest,
                           structure=supernet.structure, history=supernet.history)
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "meta": meta.model_dump_json(),
-        "adapters": {k: v.detach().cpu().contiguous() for k, v in supernet.adapter_state_dict().items()},
-        "trained": {k: v.detach().cpu().contiguous() for k, v in supernet.trained_state_dict().items()},
-        "extra_tensors": {k: v.detach().cpu() for k, v in (extra_tensors or {}).items()},
-    }
+
+
+def _tables(supernet: Supernet, extra_tensors: Optional[dict[str, torch.Tensor]]) -> dict[str, dict]:
+    """The checkpoint's tensor tables, on the CPU and contiguous (as files need them)."""
+    def plain(tensors: dict) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    return {"adapters": plain(supernet.adapter_state_dict()), "trained": plain(supernet.trained_state_dict()),
+            "extra_tensors": plain(extra_tensors or {})}
+
+
+def save(supernet: Supernet, path: Union[str, Path], *, force: bool = False,
+         extra_tensors: Optional[dict[str, torch.Tensor]] = None) -> Path:
+    """Write ``supernet`` (with its structure and history) atomically as one ``.pt`` file;
+    an existing file is kept unless ``force``. ``extra_tensors``: a training run's resume
+    state. The base weights are not written (see the module docstring)."""
+    meta = checkpoint_meta(supernet)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.model_dump_json(),
+               **_tables(supernet, extra_tensors)}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force)
+
+
+def save_adapters(supernet: Supernet, directory: Union[str, Path], *, force: bool = False,
+                  extra_tensors: Optional[dict[str, torch.Tensor]] = None) -> Path:
+    """Write ``supernet`` as ``glorac_adapter.safetensors`` + ``glorac_adapter.json`` in
+    ``directory`` (created if needed; other files in it are left alone). Returns the
+    directory. Each file is written atomically, the JSON last, so a directory with the
+    JSON is complete. Existing glorac files are kept unless ``force``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"output {directory} is a file; save_adapters writes a directory (name one).")
+    weights, config = directory / ADAPTER_WEIGHTS, directory / ADAPTER_CONFIG
+    for path in (weights, config):
+        check_output(path, force=force, what="adapter file")
+    meta = checkpoint_meta(supernet)
+    flat = {f"{prefix}.{key}": tensor for prefix, table in _TABLES.items()
+            for key, tensor in _tables(supernet, extra_tensors)[table].items()}
+    atomic_write(weights, lambda tmp: save_file(flat, str(tmp), metadata={"format": ADAPTER_FORMAT}), force=force)
+    text = json.dumps({"format": ADAPTER_FORMAT, "format_version": FORMAT_VERSION,
+                       "meta": json.loads(meta.model_dump_json())}, indent=1)
+    atomic_write_text(config, text + "\n", force=force)
+    return directory
 
 
 def _sources(spec: Spec) -> dict[str, str]:
@@ -119,7 +174,7 @@ def read_checkpoint(path: Union[str, Path], *, mmap: bool = False) -> Checkpoint
     ``mmap``: map the file instead of reading it (for a look at the metadata only).
     """
     path = Path(path)
-    payload = _read_payload(path, mmap)
+    payload = _read_adapter_dir(path) if (path / ADAPTER_CONFIG).is_file() else _read_payload(path, mmap)
     try:
         meta = json.loads(payload["meta"])
         if not isinstance(payload["adapters"], dict) or not isinstance(payload["trained"], dict):
@@ -135,11 +190,52 @@ def read_checkpoint(path: Union[str, Path], *, mmap: bool = False) -> Checkpoint
     return Checkpoint(path, typed, payload["adapters"], payload["trained"], payload.get("extra_tensors") or {})
 
 
+def _read_adapter_dir(path: Path) -> dict:
+    """An adapters-only directory (save_adapters) as the payload a .pt file holds."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config, weights = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
+    try:
+        head = json.loads(config.read_text(encoding="utf-8"))
+        if not isinstance(head, dict) or head.get("format") != ADAPTER_FORMAT:
+            raise ValueError(f"its format is {head.get('format') if isinstance(head, dict) else head!r}")
+        flat = load_file(str(weights))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}; the save was interrupted "
+                              "or the file was removed. Save the adapters again.") from None
+    except (OSError, UnicodeDecodeError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"{path} is a damaged glorac adapter directory ({str(exc)[:200]}); "
+                              "save the adapters again.") from None
+    payload = {"format": FORMAT, "format_version": head.get("format_version"),
+               "meta": json.dumps(head.get("meta")), **{table: {} for table in _TABLES.values()}}
+    for key, tensor in flat.items():
+        prefix, _, name = key.partition(".")
+        if prefix not in _TABLES:
+            raise CheckpointError(f"{weights}: unexpected tensor {key!r}; it was not written by glorac.")
+        payload[_TABLES[prefix]][name] = tensor
+    _check_version(path, payload)
+    return payload
+
+
+def _check_version(path: Path, payload: dict) -> None:
+    if payload.get("format_version") not in (1, 2, FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path} has checkpoint format version {payload.get('format_version')}, this glorac "
+            f"reads version {FORMAT_VERSION}; use the glorac version that wrote it.")
+
+
 def _read_payload(path: Path, mmap: bool) -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory; pass the .pt file.")
+        raise CheckpointError(f"checkpoint {path} is a directory without {ADAPTER_CONFIG}; pass a .pt file "
+                              "or a directory written by glorac.save_adapters.")
+    if path.suffix == ".safetensors":  # most likely glorac fold's output
+        raise CheckpointError(
+            f"{path} is a .safetensors weights file (what `glorac fold` writes), not a supernet checkpoint. "
+            "Pass a checkpoint written by `glorac compile`, `glorac train` or `glorac search` (.pt, or a "
+            "directory from glorac.save_adapters); a folded model is evaluated with `glorac eval`.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, pickle needing code, random bytes, ...
@@ -152,10 +248,7 @@ def _read_payload(path: Path, mmap: bool) -> dict:
         raise CheckpointError(
             f"{path} is not a glorac supernet checkpoint (it is a torch file of another kind). "
             "Pass a file written by `glorac compile`, `glorac train` or `glorac search`.")
-    if payload.get("format_version") not in (1, 2, FORMAT_VERSION):
-        raise CheckpointError(
-            f"{path} has checkpoint format version {payload.get('format_version')}, this glorac "
-            f"reads version {FORMAT_VERSION}; use the glorac version that wrote it.")
+    _check_version(path, payload)
     return payload
 
 
@@ -186,14 +279,16 @@ def supernet_from(ckpt: Checkpoint, *, model: Optional[nn.Module] = None, device
     from .supernet import build_supernet
 
     meta = ckpt.meta
-    base = model if model is not None else resolve_ref(meta.model_ref, device=device)
+    base = model if model is not None else resolve_ref(ckpt.model_ref(), device=device)
     digest = base_digest(base, meta.plan.trained)
     if digest != meta.base_digest:
         ref = meta.model_ref
+        which = (f"model {ref.name!r}, num_classes={ref.num_classes}, weights={ref.weights}" if ref is not None
+                 else "an nn.Module object")
         raise CheckpointError(
             f"{ckpt.path}: the base model's weights differ from those the checkpoint was made with "
-            f"(model {ref.name!r}, num_classes={ref.num_classes}, weights={ref.weights}). The adapters "
-            "only make sense on the same base weights: pass the same --weights file / model.")
+            f"({which}). The adapters only make sense on the same base weights: pass the same --weights "
+            "file / model.")
     supernet = build_supernet(meta.spec, base, front_end=meta.plan.front_end, extra_trained=meta.plan.trained)
     if (supernet.plan.layers, supernet.plan.trained) != (meta.plan.layers, meta.plan.trained):
         raise CheckpointError(f"{ckpt.path}: the plan rebuilt from the stored spec differs from the stored "
@@ -202,7 +297,7 @@ def supernet_from(ckpt: Checkpoint, *, model: Optional[nn.Module] = None, device
     supernet.model_ref = meta.model_ref
     supernet.base_digest = digest
     supernet.history = meta.history
-    _load_tensors(supernet, ckpt)
+    load_tensors(supernet, ckpt)
     if meta.structure is not None:
         try:
             supernet.select(meta.structure)
@@ -216,7 +311,7 @@ def load(path: Union[str, Path], *, model: Optional[nn.Module] = None, device: s
     return load_checkpoint(path, model=model, device=device)[0]
 
 
-def _load_tensors(supernet: Supernet, ckpt: Checkpoint) -> None:
+def load_tensors(supernet: Supernet, ckpt: Checkpoint) -> None:
     own = {f"{n}.{p}": t for n, a in supernet.adapters.items() for p, t in a.named_parameters()}
     copy_tensors(own, ckpt.adapters, ckpt.path, "adapter")
     base_state = dict(supernet.base_model.named_parameters())

@@ -63,11 +63,27 @@ def _cmd_schema(args) -> int:
     return 0
 
 
+def version_line() -> str:
+    """``glorac --version``: glorac's version and the installed torch's, from package
+    metadata (torch is not imported, so this stays as fast as ``glorac check``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .version import __version__
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"glorac {__version__} (torch {torch_version})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glorac", description="GLoRA compiler: specs → supernet → search → folded weights"
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print glorac's and torch's versions and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="parse and validate .glora specs")
@@ -88,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands  # torch-side commands register themselves
 
     commands.register(sub)
+    from . import peft_commands  # to-peft, from-peft
+    peft_commands.register(sub)
     return parser
 
 

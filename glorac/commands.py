@@ -55,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output")
     p.add_argument("--force", action="store_true", help="overwrite an existing output and start over")
     add_setting_flags(p, TrainSettings, TRAIN_FLAGS)
+    _validation_args(p)
     _parallel_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -67,6 +68,7 @@ def register(sub) -> None:
                    help="structure JSON to fine-tune (default: the one the checkpoint has selected)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     add_setting_flags(p, TrainSettings, FINETUNE_FLAGS)
+    _validation_args(p)
     _parallel_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
@@ -92,6 +94,7 @@ def register(sub) -> None:
     _structure_arg(p, "structure JSON for a supernet checkpoint (default: its selected one)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (on stderr)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -134,6 +137,40 @@ def _data_args(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
+def _validation_args(p) -> None:
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="skip the validation on the val split at every epoch end")
+    p.add_argument("--val-batches", type=_positive_int, default=None, metavar="N",
+                   help="validate on the first N val batches only (default: the whole val split)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="also write OUTPUT.best.pt whenever the val metric improves")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of a count: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return value
+
+
+def _validation(args):
+    from .trainer import Validation
+
+    return Validation(enabled=args.validate, max_batches=args.val_batches, keep_best=args.keep_best)
+
+
+def _print_best(out: Path, args) -> None:
+    """Where --keep-best left the best epoch's checkpoint."""
+    from .trainer import best_path
+
+    if args.keep_best and best_path(out).exists():
+        print(f"wrote {best_path(out)}: the epoch with the best val metric")
+
+
 def _parallel_args(p) -> None:
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun, shard the frozen base over the processes with FSDP2 (adapters stay "
@@ -162,9 +199,10 @@ def cmd_train(args) -> int:
         _, state, out = train_checkpoint(
             args.checkpoint, args.data, output=args.output, resume=args.resume, force=args.force, dist=d,
             overrides=setting_overrides(args, TrainSettings, TRAIN_FLAGS),
-            data_options=_data_options(args), progress=args.progress)
+            data_options=_data_options(args), progress=args.progress, validation=_validation(args))
         if d.main:
             print(f"wrote {out} after {state.epochs_done} epoch(s), {state.step} steps")
+            _print_best(out, args)
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(exc.output, exc.step, exc.total).with_hint(
             f"Resume it exactly where it stopped with: {_resume_command(args.argv)}") from None
@@ -195,13 +233,14 @@ def cmd_finetune(args) -> int:
         supernet, state, out = finetune_checkpoint(
             args.checkpoint, args.data, output=args.output, structure=args.structure, force=args.force,
             dist=d, overrides=setting_overrides(args, TrainSettings, FINETUNE_FLAGS),
-            data_options=_data_options(args), progress=args.progress)
+            data_options=_data_options(args), progress=args.progress, validation=_validation(args))
         seconds = time.perf_counter() - start
         if d.main:
             rates = [r["examples_per_s"] for r in state.history if "examples_per_s" in r]
             speed = f", {sum(rates) / len(rates):.1f} examples/s" if rates else ""
             print(f"wrote {out}: {supernet.structure_params():,} adapter parameters fine-tuned for "
                   f"{state.epochs_done} epoch(s), {state.step} steps in {seconds:.1f} s{speed}")
+            _print_best(out, args)
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(exc.output, exc.step, exc.total).with_hint(
             "Fine-tuning does not resume: rerun the same command with --force to start it again.") from None
@@ -234,12 +273,19 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _default_device() -> str:
+    """--device left out: the GPU when there is one, as train and search choose (glorac.distributed)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def cmd_eval(args) -> int:
     from .workflow import evaluate_path
 
-    device = args.device or "cpu"
     result = evaluate_path(args.path, args.data, split=args.split, structure=_structure_file(args),
-                           batch_size=args.batch_size, device=device, data_options=_data_options(args))
+                           batch_size=args.batch_size, device=args.device or _default_device(),
+                           data_options=_data_options(args), progress=args.progress)
     if args.json:
         print(json.dumps(result))
     else:
@@ -333,10 +379,14 @@ def _warn_frozen_head(model, plan) -> None:
 
 def cmd_fold(args) -> int:
     from .folding.export import check_fold_output, fold_checkpoint
+    from .models import quiet_transformers
 
     check_fold_output(args.checkpoint, args.output, force=args.force)
-    result = fold_checkpoint(args.checkpoint, args.output, structure=_structure_file(args), force=args.force,
-                             verify=args.verify)
+    # Fold rebuilds the base and reloads what it wrote to verify it: transformers' bars and
+    # load report would repeat what compile showed (glorac prints its own fold report).
+    with quiet_transformers():
+        result = fold_checkpoint(args.checkpoint, args.output, structure=_structure_file(args),
+                                 force=args.force, verify=args.verify)
     from .report import print_fold_report
 
     print_fold_report(result.report)

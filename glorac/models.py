@@ -16,6 +16,7 @@ module only describes the architecture (this is how ``glorac plan`` inspects a 7
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -123,12 +124,42 @@ def resolve_model(
 
 
 def resolve_ref(ref: ModelRef, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model a stored :class:`ModelRef` describes."""
-    model, _ = resolve_model(
-        ref.name, num_classes=ref.num_classes, pretrained=ref.pretrained,
-        weights=ref.weights, device=device, init_seed=ref.init_seed, task=ref.task,
-    )
+    """Rebuild the model a stored :class:`ModelRef` describes.
+
+    Quietly: transformers' weight-loading bar and load report (UNEXPECTED / MISSING keys)
+    were shown once, when the model was chosen (``glorac compile``); every later command
+    rebuilds the same base from the checkpoint and would only repeat them."""
+    with quiet_transformers() if ref.source == "hf" else contextlib.nullcontext():
+        model, _ = resolve_model(
+            ref.name, num_classes=ref.num_classes, pretrained=ref.pretrained,
+            weights=ref.weights, device=device, init_seed=ref.init_seed, task=ref.task,
+        )
     return model
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Inside the block, transformers shows no progress bars and logs errors only (its load
+    report is a warning); its previous settings are restored afterwards, so that a program
+    using glorac as a library keeps its own. A no-op without transformers."""
+    try:
+        from huggingface_hub import utils as hub_utils
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hub_bars_off = hub_utils.are_progress_bars_disabled()  # transformers switches the hub's bars with its own
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if hub_bars_off:
+            hub_utils.disable_progress_bars()
 
 
 def _parse_device(device: str | torch.device) -> torch.device:

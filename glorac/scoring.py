@@ -31,12 +31,17 @@ def cached_batches(data: TaskData, split: str, batch_size: int, device, *, rank:
 #: ``forward(model, batch) -> logits``: how a batch becomes class scores.
 Forward = Callable[[nn.Module, Batch], torch.Tensor]
 
+#: ``on_batch(running)``: called after every batch with the result so far (what
+#: :func:`accuracy` returns, over the batches done), e.g. by a progress bar.
+OnBatch = Callable[[dict], None]
+
 
 def _sums(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int],
-          task: str = "classification") -> torch.Tensor:
+          task: str = "classification", on_batch: Optional[OnBatch] = None) -> torch.Tensor:
     """(loss, correct, count) summed over ``batches``, as one float64 tensor on the device."""
     # Sums stay on the device (float64, the same numbers as Python floats) so that a GPU
-    # synchronises once per call rather than twice per batch.
+    # synchronises once per call rather than twice per batch; an ``on_batch`` callback
+    # reads them, so it costs one synchronisation per batch.
     total = None
     for batch in batches:
         logits = forward(model, batch).float()
@@ -48,6 +53,8 @@ def _sums(model: nn.Module, batches: list[Batch], forward: Forward, num_classes:
         part = sums(task, logits, batch.labels)
         part = torch.stack([part.loss.double(), part.correct.double(), part.count.double()])
         total = part if total is None else total + part
+        if on_batch is not None:
+            on_batch(_result(total, task))
     return torch.zeros(3, dtype=torch.float64) if total is None else total
 
 
@@ -61,19 +68,20 @@ def _result(total: torch.Tensor, task: str) -> dict:
 
 
 def _score(model: nn.Module, batches: list[Batch], forward: Forward, num_classes: Optional[int],
-           task: str = "classification") -> dict:
-    return _result(_sums(model, batches, forward, num_classes, task), task)
+           task: str = "classification", on_batch: Optional[OnBatch] = None) -> dict:
+    return _result(_sums(model, batches, forward, num_classes, task, on_batch), task)
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batches: list[Batch], num_classes: Optional[int] = None,
-             forward: Forward = forward_logits, task: str = "classification") -> dict:
+             forward: Forward = forward_logits, task: str = "classification",
+             on_batch: Optional[OnBatch] = None) -> dict:
     """{"accuracy", "loss", "correct", "n"} of ``model`` over ``batches`` (eval mode); for a
-    causal LM per label token, with "perplexity"."""
+    causal LM per label token, with "perplexity". ``on_batch``: see :data:`OnBatch`."""
     was_training = model.training
     model.eval()
     try:
-        return _score(model, batches, forward, num_classes, task)
+        return _score(model, batches, forward, num_classes, task, on_batch)
     finally:
         model.train(was_training)
 

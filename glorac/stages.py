@@ -17,7 +17,7 @@ from torch import nn
 
 from .data import TaskData, check_num_classes, require_split
 from .distributed import Dist, all_gather_objects
-from .progress import SearchProgress
+from .progress import EvalProgress, SearchProgress
 from .scoring import FoldedEvaluator, Forward, ShardedEvaluator, accuracy, cached_batches, sharded_batches
 from .history import SearchRecord
 from .objectives import fitness
@@ -141,13 +141,15 @@ def _split_evaluate(evaluator: FoldedEvaluator, bar: SearchProgress, dist: Dist,
 
 
 def evaluate(model: nn.Module, data: TaskData, split: str = "test", *, batch_size: int = 64,
-             device: Union[str, torch.device] = "cpu", forward: Forward = forward_logits) -> dict:
+             device: Union[str, torch.device] = "cpu", forward: Forward = forward_logits,
+             progress: bool = False) -> dict:
     """{"accuracy", "loss", "correct", "n"} of a folded model or a supernet (its active
-    structure) on one split."""
+    structure) on one split. ``progress``: a progress bar on stderr (off by default: the
+    library stays quiet; ``glorac eval`` turns it on)."""
     from .supernet import Supernet
 
     check_head(model.base_model if isinstance(model, Supernet) else model, data)
     require_split(data, split)
     batches = cached_batches(data, split, batch_size, torch.device(device))
-    return accuracy(model, batches, data.num_classes, forward=forward, task=data.task)
-
+    with EvalProgress(progress, len(batches), data.task) as bar:
+        return accuracy(model, batches, data.num_classes, forward=forward, task=data.task, on_batch=bar.on_batch)

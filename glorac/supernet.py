@@ -9,6 +9,8 @@ the one chosen for deployment with :meth:`Supernet.select`.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Union
@@ -25,6 +27,29 @@ from .planning import under
 
 SpecLike = Union[Spec, str, Path]
 ModelLike = Union[nn.Module, str]
+
+
+def _call_wrapped(supernet: "Supernet", *args, **kwargs):
+    return supernet.model(*args, **kwargs)
+
+
+class _BoundForward(functools.partial):
+    """``supernet.forward``: calls the wrapped model, and shows that model's signature, so
+    code that inspects ``forward`` (the Hugging Face Trainer keeps only the dataset columns
+    it names) sees ``input_ids, attention_mask, labels, ...`` rather than ``*args, **kwargs``."""
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        model = self.args[0].model
+        # A traced model runs one of two graphs (train / eval mode) of the same signature.
+        return inspect.signature(getattr(model, "eval_graph", model).forward)
+
+
+class _WrappedForward:
+    """The ``forward`` descriptor of :class:`Supernet` (one bound forward per access)."""
+
+    def __get__(self, obj, objtype=None):
+        return _call_wrapped if obj is None else _BoundForward(_call_wrapped, obj)
 
 
 class Supernet(nn.Module):
@@ -47,8 +72,20 @@ class Supernet(nn.Module):
         # What train/search/finetune recorded (saved with checkpoints, glorac.history).
         self.history = RunHistory()
 
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+    forward = _WrappedForward()
+
+    #: What libraries read off a Hugging Face model to decide how to drive it (the
+    #: Trainer's loss and label handling, generation): the wrapped model's answers.
+    DELEGATED = frozenset({"config", "loss_type", "main_input_name", "generation_config", "accepts_loss_kwargs",
+                           "name_or_path"})
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in Supernet.DELEGATED or "base_model" not in self.__dict__:
+                raise
+            return getattr(self.__dict__["base_model"], name)
 
     # ------------------------------------------------------------------ structure
 
@@ -103,6 +140,13 @@ class Supernet(nn.Module):
         _deprecated("Supernet.set_choice()", "Supernet.activate()")
         self.activate(choice, partial=partial)
 
+    def largest_structure(self) -> Structure:
+        """Every layer's most expressive choice (the most parameters of its space): the
+        sandwich rule's upper end, and the structure to score a supernet by before a search."""
+        from .kinds import max_choice
+
+        return Structure(layers={n: max_choice(a.space, a.geom) for n, a in self._adapters.items()})
+
     def structure_params(self, structure: Optional[Structure] = None) -> int:
         """Adapter parameters a structure really uses (the budget's measure, head excluded)."""
         layers = (structure or self.active_structure()).layers
@@ -128,6 +172,12 @@ class Supernet(nn.Module):
                     seen.add(id(p))
                     yield p
 
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        """Every adapter tensor (A..E storage of every adapted layer), for an optimizer.
+        :meth:`trainable_parameters` adds the spec's `train` modules (the head)."""
+        for adapter in self._adapters.values():
+            yield from adapter.parameters()
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         seen = set()
         for p in list(self.model.parameters()) + list(self.base_model.parameters()):
@@ -147,13 +197,15 @@ def freeze_base(base_model: nn.Module, trained: tuple[str, ...]) -> None:
 
 
 def build_supernet(spec: SpecLike, model: ModelLike, *, front_end: str = "auto", seed: Optional[int] = None,
-                   num_classes: Optional[int] = None, adapter_dtype: torch.dtype = torch.float32,
-                   extra_trained: tuple[str, ...] = ()) -> Supernet:
+                   num_classes: Optional[int] = None, task: Optional[str] = None,
+                   adapter_dtype: torch.dtype = torch.float32, extra_trained: tuple[str, ...] = ()) -> Supernet:
     """Plan and rewrite ``model`` into a GLoRA supernet that, at init, computes the base model.
 
     ``model`` is an ``nn.Module`` or a reference (timm name, ``hf:PATH``, ``pkg.mod:factory``);
     ``spec`` a :class:`~glorac.ir.Spec` or the path of a ``.glora`` file (for spec text,
     pass ``glorac.loads_spec(text)``; text here still works, deprecated, for one release).
+    ``num_classes`` (a new head) and ``task`` (``classification`` or ``causal-lm``: which
+    Hugging Face class a reference loads as) apply to a model reference, as in ``glorac compile``.
     """
     from .dsl import load_spec
     from .graph.planner import plan_with_graph
@@ -165,7 +217,7 @@ def build_supernet(spec: SpecLike, model: ModelLike, *, front_end: str = "auto",
     if isinstance(model, str):
         from .models import resolve_model
 
-        model, model_ref = resolve_model(model, num_classes=num_classes)
+        model, model_ref = resolve_model(model, num_classes=num_classes, task=task)
     if model_ref is not None and not extra_trained:
         from .models import new_head_to_train
 

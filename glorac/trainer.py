@@ -10,10 +10,16 @@ are all functions of the seed and the step, or saved).
 
 BatchNorm layers of the frozen base keep their running statistics (eval mode): they are
 base weights, which a checkpoint does not store and fold must not silently change.
+
+At every epoch end a run validates on the data's val split when it has one (:class:`Validation`):
+one fixed structure, scored in eval mode without gradients and with the RNG state put back,
+so that validating changes no trained tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -31,11 +37,12 @@ from .distributed import Dist
 from .history import TrainRecord
 from .errors import GloraError
 from .ir import Space, Structure, TrainSettings
-from .kinds import storage_shapes
-from .objectives import sums
+from .kinds import max_choice, storage_shapes
+from .objectives import fitness, sums
 from .outputs import forward_logits
 from .progress import TrainProgress
 from .sampling import StructureSampler
+from .scoring import ShardedEvaluator, accuracy, sharded_batches
 
 
 class TrainingStopped(GloraError):
@@ -199,19 +206,102 @@ def train_plain(model: nn.Module, data: TaskData, groups: list[tuple[list, float
             step += 1
 
 
+def _beside(output: Path, suffix: str) -> Path:
+    """A file kept beside a training run's checkpoint: OUTPUT without its extension, + ``suffix``."""
+    return output.with_name(output.name.rsplit(".", 1)[0] + suffix)
+
+
 def metrics_path(output: Path) -> Path:
     """The per-step log written beside a training run's checkpoint."""
-    return output.with_name(output.name.rsplit(".", 1)[0] + ".metrics.jsonl")
+    return _beside(output, ".metrics.jsonl")
+
+
+def best_path(output: Path) -> Path:
+    """The checkpoint of the run's best val metric so far (``--keep-best``), beside its own."""
+    return _beside(output, ".best.pt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Per-epoch validation of a training run, on the data's val split (none without one).
+
+    ``max_batches``: score only the first N val batches (of the training batch size), which
+    bounds the cost on a large val set; None scores the whole split every epoch (its
+    batches are built and held on the device while it is scored). ``keep_best``: also
+    write :func:`best_path` whenever the val metric improves (accuracy up; causal LM: token
+    loss down), the same checkpoint as the epoch's."""
+
+    enabled: bool = True
+    max_batches: Optional[int] = None
+    keep_best: bool = False
+
+    def __post_init__(self):
+        # Checked here, when the command line is read, not after the model is built.
+        if self.keep_best and not self.enabled:
+            raise GloraError("--keep-best keeps the checkpoint of the best val metric, and --no-validate turns "
+                             "validation off; drop one of them.")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise GloraError(f"val_batches {self.max_batches}: validate on at least 1 batch, or turn "
+                             "validation off (--no-validate).")
+
+
+def validation_structure(supernet, structure: Optional[Structure]) -> Structure:
+    """The one structure a run is validated on: the structure being fine-tuned; for supernet
+    training the largest of the space (every layer's richest kinds, glorac.kinds.max_choice).
+
+    A fixed structure keeps the metric comparable from epoch to epoch (each step's sampled
+    one would not be); the largest uses the most adapter values, so it reflects what the
+    shared tensors learnt rather than one corner of the space (the search's pick is not
+    known yet), and it is the structure the sandwich rule trains at every step."""
+    if structure is not None:
+        return structure
+    return Structure(layers={name: max_choice(a.space, a.geom) for name, a in supernet.adapters.items()})
+
+
+def val_fields(task: str, score: dict) -> dict:
+    """What an epoch's record logs of a val score."""
+    if task == "causal-lm":
+        return {"val_loss": score["loss"], "val_perplexity": score["perplexity"]}
+    return {"val_accuracy": score["accuracy"], "val_loss": score["loss"]}
+
+
+def val_fitness(task: str, record: dict) -> float:
+    """An epoch record's val metric as the search ranks it (higher is better)."""
+    return fitness(task, {"accuracy": record.get("val_accuracy"), "loss": record["val_loss"]})
+
+
+def validation_shares(data: TaskData, batch_size: int, max_batches: Optional[int], dist: Dist):
+    """This rank's share of the first ``max_batches`` global val batches (all when None),
+    as many on every rank (glorac.scoring.sharded_batches)."""
+    if max_batches is not None:
+        val = data.splits["val"]
+        first = torch.utils.data.Subset(val, range(min(len(val), max_batches * batch_size)))
+        data = dataclasses.replace(data, splits={"val": first})  # only those examples are collated
+    return sharded_batches(data, "val", batch_size, dist.device, rank=dist.rank, world=dist.world)
+
+
+@contextlib.contextmanager
+def modes_kept(module: nn.Module):
+    """Put every submodule's train/eval flag back after the block: evaluation's
+    ``model.train()`` afterwards would also undo :func:`freeze_norm_statistics`."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class Trainer:
     def __init__(self, supernet, data: TaskData, settings: TrainSettings, dist: Dist = Dist(),
                  output: Optional[Path] = None, *, amp: Optional[bool] = None, log_every: int = 10,
-                 progress: bool = True, structure: Optional[Structure] = None):
+                 progress: bool = True, structure: Optional[Structure] = None,
+                 validation: Optional[Validation] = None):
         """``structure`` given: fine-tune that one structure (selected, so checkpoints keep it)
         instead of training the supernet; only the tensors it uses and the head learn.
         ``output``: the checkpoint written at every epoch end (and its ``.metrics.jsonl``
-        log beside it); None keeps everything in memory."""
+        log beside it); None keeps everything in memory. ``validation``: see
+        :class:`Validation` (default: every epoch, on the whole val split)."""
         self.supernet, self.data, self.settings, self.dist = supernet, data, settings, dist
         self.output = None if output is None else Path(output)
         self.metrics_path = None if output is None else metrics_path(self.output)
@@ -224,6 +314,10 @@ class Trainer:
         self.task = data.task
         self.lengths = example_lengths(self.dataset) if settings.group_by_length else None
         self.structure = structure
+        self.validation = validation or Validation()
+        self.validates = self.validation.enabled and "val" in data.splits
+        self._check_keep_best()
+        self.val_structure = validation_structure(supernet, structure)
         if structure is None:
             self.sampler = StructureSampler(supernet.spaces(), seed=settings.seed, rule=settings.sampling,
                                             geoms={n: a.geom for n, a in supernet.adapters.items()})
@@ -258,6 +352,16 @@ class Trainer:
             self.model = DDP(supernet.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                              find_unused_parameters=True)
         self._stop_requested = False
+
+    def _check_keep_best(self) -> None:
+        if not self.validation.keep_best:
+            return
+        if self.output is None:
+            raise GloraError("keep_best writes OUTPUT.best.pt beside the run's checkpoint, and this run has no "
+                             "output; give it one, or drop keep_best.")
+        if not self.validates:
+            raise GloraError(f"--keep-best keeps the checkpoint of the best val metric, and {self.data.source} "
+                             "has no val split; drop --keep-best, or add a val split to the data.")
 
     # ------------------------------------------------------------------ state
 
@@ -296,15 +400,17 @@ class Trainer:
         if "rng.torch" in tensors:
             torch.set_rng_state(tensors["rng.torch"])
 
-    def save(self) -> None:
-        """Record progress in the supernet's history and, with an output, write the checkpoint."""
+    def save(self, *, best: bool = False) -> None:
+        """Record progress in the supernet's history and, with an output, write the checkpoint;
+        ``best``: write the same checkpoint to :func:`best_path` too."""
         record, tensors = self.state_for_checkpoint()
         self.supernet.history = self.supernet.history.model_copy(
             update={"train": record, "class_names": tuple(self.data.class_names)})
         if self.dist.main and self.output is not None:
             from .checkpoint import save
 
-            save(self.supernet, self.output, force=True, extra_tensors=tensors)
+            for path in (self.output, best_path(self.output))[:2 if best else 1]:
+                save(self.supernet, path, force=True, extra_tensors=tensors)
         from .distributed import barrier
 
         barrier(self.dist)
@@ -331,6 +437,8 @@ class Trainer:
         if self.state.step == 0:
             if self.dist.main and self.metrics_path is not None and self.metrics_path.exists():
                 self.metrics_path.write_text("")  # a fresh run (--force) starts a fresh log
+            if self.dist.main and self.output is not None:
+                best_path(self.output).unlink(missing_ok=True)  # nor does it keep an old run's best
             # Dropout and other random layers draw from the global RNG: seed it so a run is
             # reproducible (a resumed run restores the saved state instead).
             torch.manual_seed(s.seed)
@@ -352,9 +460,48 @@ class Trainer:
                         self.save()
                         raise TrainingInterrupted(self.output, self.state.step, self.total_steps)
                 self.state.epochs_done = epoch + 1
-                self._log({"epoch": epoch + 1, "step": self.state.step})
-                self.save()
+                record = {"epoch": epoch + 1, "step": self.state.step, **self._validate(epoch + 1, bar)}
+                self._log(record)
+                self.save(best=self._improved(record))
         self.supernet.eval()
+
+    def _validate(self, epoch: int, bar) -> dict:
+        """The val fields of an epoch's record ({} when the run does not validate)."""
+        if not self.validates:
+            return {}
+        score = self._val_score()
+        if bar is not None:
+            bar.validated(epoch, self.task, score)
+        return val_fields(self.task, score)
+
+    def _val_score(self) -> dict:
+        """The validation structure's score on (the first batches of) the val split.
+
+        Eval mode and no gradients; the RNG state (which dropout draws from during
+        training) and every module's mode are put back, so the run goes on exactly as
+        without validation. Under torchrun every rank scores its share and the sums are
+        added (ShardedEvaluator), with as many forwards on every rank, as FSDP needs."""
+        model = self.supernet.model  # not the DDP wrapper: there is nothing to synchronise
+        cuda = [self.dist.device] if self.dist.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), modes_kept(self.supernet), \
+                self.supernet.activated(self.val_structure), self._autocast():
+            shares = validation_shares(self.data, self.settings.batch_size, self.validation.max_batches, self.dist)
+            if self.dist.active:
+                return ShardedEvaluator(self.supernet, model, shares, task=self.task)(self.val_structure)
+            return accuracy(model, [batch for batch, _ in shares], task=self.task)
+
+    def _improved(self, record: dict) -> bool:
+        """Whether the epoch ``record`` (just logged) has the run's best val metric so far, for
+        ``keep_best``; earlier epochs of a resumed run count (their records are restored)."""
+        if not (self.validation.keep_best and "val_loss" in record):
+            return False
+        earlier = [val_fitness(self.task, r) for r in self.state.history[:-1] if "val_loss" in r]
+        return not earlier or not best_path(self.output).exists() or val_fitness(self.task, record) > max(earlier)
+
+    def _autocast(self):
+        """The forward's autocast context (the precision setting; off for fp32)."""
+        return torch.autocast(self.dist.device.type, dtype=self.autocast or torch.bfloat16,
+                              enabled=self.autocast is not None)
 
     def _should_stop(self) -> bool:
         flag = torch.tensor(float(self._stop_requested))
@@ -375,8 +522,7 @@ class Trainer:
         for structure in structures:
             if not self.sampler.fixed:
                 self.supernet.activate(structure)
-            with torch.autocast(self.dist.device.type, dtype=self.autocast or torch.bfloat16,
-                                enabled=self.autocast is not None):
+            with self._autocast():
                 logits = forward_logits(self.model, batch)
             if step == self.start_step and self.task == "classification":
                 check_num_classes(self.data, logits.shape[-1])

@@ -56,8 +56,9 @@ def default_train_output(checkpoint: Path) -> Path:
 
 def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str] = None, resume: bool = False,
                      force: bool = False, overrides: Optional[dict] = None, dist: Dist = Dist(),
-                     data_options: Optional[dict] = None, progress: bool = True):
-    """Train the supernet stored at ``checkpoint``; returns (supernet, TrainState, output path)."""
+                     data_options: Optional[dict] = None, progress: bool = True, validation=None):
+    """Train the supernet stored at ``checkpoint``; returns (supernet, TrainState, output path).
+    ``validation``: a :class:`glorac.trainer.Validation` (default: validate every epoch)."""
     from .trainer import Trainer, metrics_path
 
     out = Path(output) if output else default_train_output(Path(checkpoint))
@@ -86,7 +87,7 @@ def train_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str]
         supernet.history = supernet.history.model_copy(update={"train": None})
     data = data_for(supernet, data_source, **(data_options or {}))
     require_split(data, "train")
-    trainer = Trainer(supernet, data, settings, dist, out, progress=progress)
+    trainer = Trainer(supernet, data, settings, dist, out, progress=progress, validation=validation)
     if resume and stored:
         trainer.restore(stored, ckpt.extra_tensors)
     state = trainer.fit()
@@ -127,15 +128,17 @@ def _finetune_structure(supernet, checkpoint: str, structure: Optional[Structure
 
 def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[str] = None,
                         structure: Optional[str] = None, overrides: Optional[dict] = None, force: bool = False,
-                        dist: Dist = Dist(), data_options: Optional[dict] = None, progress: bool = True):
+                        dist: Dist = Dist(), data_options: Optional[dict] = None, progress: bool = True,
+                        validation=None):
     """Fine-tune one structure of the checkpoint on the train split (not part of the GLoRA paper).
 
     The structure is ``structure`` (a JSON file) or the one ``glorac search`` selected. Only
     the adapter tensors it uses and the spec's ``train`` modules learn, with the spec's
     training settings updated by ``overrides``. The output keeps the structure selected, so
-    fold and eval take it as it is. Returns (supernet, TrainState, output path).
+    fold and eval take it as it is. ``validation`` as for :func:`train_checkpoint`. Returns
+    (supernet, TrainState, output path).
     """
-    from .trainer import metrics_path
+    from .trainer import Trainer, metrics_path
 
     out = Path(output) if output else default_finetune_output(Path(checkpoint))
     _check_finetune_output(Path(checkpoint), out, force)
@@ -154,8 +157,10 @@ def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[s
                             data=data_source, supernet_train=history.train)
     supernet.history = history.model_copy(update={"finetune": record, "train": None})
     data = data_for(supernet, data_source, **(data_options or {}))
-    try:
-        state = stages.train(supernet, data, settings, structure=chosen, output=out, dist=dist, progress=progress)
+    require_split(data, "train")
+    try:  # the Trainer itself, as train_checkpoint does (stages.train takes no validation options)
+        state = Trainer(supernet, data, settings, dist, out, progress=progress, structure=chosen,
+                        validation=validation).fit()
     except GloraError as exc:  # e.g. the structure does not fit this supernet's spaces
         raise type(exc)(f"{structure or checkpoint}: {exc}") from None
     return supernet, state, out
@@ -212,9 +217,12 @@ def load_for_eval(path: str, *, structure: Optional[str] = None,
     from .folding.files import HF_SIDECAR
     from .folding.load import load_folded
 
+    from .models import quiet_transformers
+
     p = Path(path)
     if (p.is_dir() and (p / HF_SIDECAR).exists()) or p.suffix == ".safetensors":
-        return load_folded(p, device=device)
+        with quiet_transformers():  # glorac's own output: no load report to repeat
+            return load_folded(p, device=device)
     supernet, _ = load_checkpoint(p, device=device)
     chosen = supernet.plan.resolve_structure(read_structure(structure) if structure else None, supernet.structure)
     supernet.activate(chosen)
@@ -222,11 +230,12 @@ def load_for_eval(path: str, *, structure: Optional[str] = None,
 
 
 def evaluate_path(path: str, data_source: str, *, split: str = "test", structure: Optional[str] = None,
-                  batch_size: int = 64, device: str = "cpu", data_options: Optional[dict] = None) -> dict:
+                  batch_size: int = 64, device: str = "cpu", data_options: Optional[dict] = None,
+                  progress: bool = False) -> dict:
     check_batch_size(batch_size)
     check_source(data_source)
     model, what, task = load_for_eval(path, structure=structure, device=device)
     data = data_for(model, data_source, task=task, **(data_options or {}))
-    result = stages.evaluate(model, data, split, batch_size=batch_size, device=device)
+    result = stages.evaluate(model, data, split, batch_size=batch_size, device=device, progress=progress)
     result.update(what=what, split=split)
     return result

@@ -504,3 +504,14 @@ def test_hf_fold_names_the_classes_the_head_was_trained_on(capsys, bert_checkpoi
     assert code == 0, err
     config = transformers.AutoConfig.from_pretrained(out)
     assert config.id2label == dict(enumerate(names)) and config.label2id == {n: i for i, n in enumerate(names)}
+
+
+def test_label_names_fill_a_config_that_leaves_its_default_two_labels_out(tmp_path):
+    """transformers 5 writes no id2label for the default two labels; the names still land."""
+    from glorac.folding.files import write_label_names
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert write_label_names(tmp_path, ("negative", "positive"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert not write_label_names(tmp_path, ("a", "b", "c"))  # three names for two outputs: left alone

@@ -207,6 +207,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     a, b = _adapters(one), _adapters(two)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    # Each process validates its share of the val split; the sums are added over both.
+    [val_one], [val_two] = ([r for r in glorac.load(p).history.train.log if "val_loss" in r] for p in (one, two))
+    assert val_one["val_accuracy"] == pytest.approx(val_two["val_accuracy"], abs=1 / 359)
+    assert val_one["val_loss"] == pytest.approx(val_two["val_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -67,7 +67,7 @@ def fold_checkpoint(checkpoint: str, output: str, *, structure: Optional[str] = 
     """
     ckpt = read_checkpoint(checkpoint)
     given = read_structure(structure) if structure else None
-    src = source_dir(ckpt.meta.model_ref)
+    src = source_dir(ckpt.model_ref())
     if src is None:
         # In memory: the base model is rebuilt (and its digest checked) first.
         supernet = supernet_from(ckpt)

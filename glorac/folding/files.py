@@ -120,7 +120,7 @@ def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callab
         write_label_names(staging, label_names)
         (staging / HF_SIDECAR).write_text(describe(staging).to_json(), encoding="utf-8")
         os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700 would hide the model from its users
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointError(f"writing {out} failed ({exc}); nothing was written.") from None
@@ -138,7 +138,9 @@ def write_label_names(directory: Path, names: tuple[str, ...]) -> bool:
     if not names or not path.is_file():
         return False
     config = json.loads(path.read_text(encoding="utf-8"))
-    if len(config.get("id2label") or {}) != len(names):
+    # transformers 5 leaves id2label out of a config that has its default two labels.
+    labels = len(config.get("id2label") or {}) or config.get("num_labels") or 2
+    if labels != len(names):
         return False
     config["id2label"] = {str(i): name for i, name in enumerate(names)}
     config["label2id"] = {name: i for i, name in enumerate(names)}
@@ -146,7 +148,7 @@ def write_label_names(directory: Path, names: tuple[str, ...]) -> bool:
     return True
 
 
-def _replace_dir(staging: Path, out: Path) -> None:
+def replace_dir(staging: Path, out: Path) -> None:
     if out.exists():  # --force: move the old directory aside only once the new one is complete
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
         os.replace(out, old / "x")
