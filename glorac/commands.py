@@ -264,7 +264,7 @@ def cmd_search(args) -> int:
             from .report import print_search
             from .evolution import describe_best
 
-            print_search(result)
+            print_search(result, task=supernet.history.search.task)
             print(describe_best(result, supernet.history.search.task))
             print(f"wrote {args.output}" + (f", {args.structure}" if args.structure else "")
                   + (f", {args.plot}" if args.plot else ""))

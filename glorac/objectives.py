@@ -48,5 +48,10 @@ def fitness(task: str, score: dict) -> float:
     return -score["loss"] if task == "causal-lm" else score["accuracy"]
 
 
+def fitness_label(task: str) -> str:
+    """What a search's fitness column means, for tables and plots."""
+    return "−val loss (per token)" if task == "causal-lm" else "val accuracy"
+
+
 def metric_name(task: str) -> str:
     return "val loss" if task == "causal-lm" else "val acc"

@@ -13,7 +13,7 @@ from .errors import CheckpointError
 
 def register(sub) -> None:
     p = sub.add_parser("to-peft", help="write a checkpoint's structure as a PEFT LoRA adapter directory")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="supernet checkpoint (.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="supernet checkpoint (.pt, or a glorac adapter directory)")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="adapter directory to write (PeftModel.from_pretrained(base, DIR) loads it)")
     p.add_argument("--structure", default=None, metavar="FILE",
@@ -31,14 +31,16 @@ def register(sub) -> None:
 
 
 def cmd_to_peft(args) -> int:
-    from .checkpoint import load
+    from .checkpoint import ADAPTER_CONFIG, load
     from .peft_export import to_peft
     from .safeio import check_output
     from .structure_files import read_structure
 
     check_output(args.output, force=args.force, what="adapter directory", directory=True)
-    if not Path(args.checkpoint).is_file():
-        raise CheckpointError(f"checkpoint {args.checkpoint} does not exist (or is not a file); check the path.")
+    source = Path(args.checkpoint)
+    if not (source.is_file() or (source / ADAPTER_CONFIG).is_file()):
+        raise CheckpointError(f"checkpoint {source} does not exist (it is neither a .pt file nor a directory "
+                              "from glorac.save_adapters); check the path.")
     structure = read_structure(args.structure) if args.structure else None
     supernet = load(args.checkpoint)
     out = to_peft(supernet, args.output, structure=structure, force=args.force)

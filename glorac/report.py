@@ -132,11 +132,13 @@ def print_fold_report(report, console: Console | None = None, max_rows: int = 60
         console.print(report.note)
 
 
-def print_search(result, console: Console | None = None, rows: int = 10) -> None:
+def print_search(result, console: Console | None = None, rows: int = 10, task: str = "classification") -> None:
+    from .objectives import fitness_label
+
     console = console or make_console()
     budget = f"{result.budget:,}" if result.budget is not None else "none"
     table = Table(title=f"best structures (budget {budget}, {len(result.evaluated)} evaluated)")
-    for col in ("rank", "val accuracy", "adapter params", "generation", "kinds used (A..E over layers)"):
+    for col in ("rank", fitness_label(task), "adapter params", "generation", "kinds used (A..E over layers)"):
         table.add_column(col)
     for i, c in enumerate(result.top[:rows], start=1):
         table.add_row(str(i), f"{c.fitness:.4f}", f"{c.params:,}", str(c.generation), kind_summary(c.structure))

@@ -83,7 +83,7 @@ def _cell_text(kind: Kind) -> str:
     return {"none": "", "scalar": "s", "vector": "v"}.get(kind.kind, f"r{kind.rank}")
 
 
-def _plot_front(ax, result: SearchResult) -> None:
+def _plot_front(ax, result: SearchResult, label: str) -> None:
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     cands = result.evaluated
@@ -109,7 +109,7 @@ def _plot_front(ax, result: SearchResult) -> None:
                 bbox={"boxstyle": "round", "fc": "white", "ec": "grey", "alpha": 0.9}, zorder=6)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human(v)))
     ax.set_xlabel("adapter parameters")
-    ax.set_ylabel("fitness (val accuracy)")
+    ax.set_ylabel(f"fitness ({label})")
     ax.set_title(f"{len(cands)} structures evaluated, {gens} generation(s)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -159,8 +159,10 @@ def _plot_structure(ax, result: SearchResult) -> None:
               loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
 
 
-def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
+def plot_search(result: SearchResult, path: str | os.PathLike, task: str = "classification") -> None:
     """Write one PNG: fitness vs params (left), the chosen structure's kinds per layer (right)."""
+    from .objectives import fitness_label
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -170,7 +172,7 @@ def plot_search(result: SearchResult, path: str | os.PathLike) -> None:
     FigureCanvasAgg(fig)
     top = min(1.0, 5.0 / height)  # the scatter keeps a 5-inch panel at the top
     grid = fig.add_gridspec(2, 2, width_ratios=[1.6, 1], height_ratios=[top, 1 - top] if top < 1 else [1, 0.0001])
-    _plot_front(fig.add_subplot(grid[0, 0]), result)
+    _plot_front(fig.add_subplot(grid[0, 0]), result, fitness_label(task))
     _plot_structure(fig.add_subplot(grid[:, 1]), result)
     if top < 0.7:  # tall figure: the space under the scatter lists the runners-up
         _plot_top(fig.add_subplot(grid[1, 0]), result)

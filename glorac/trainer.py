@@ -37,7 +37,7 @@ from .distributed import Dist
 from .history import TrainRecord
 from .errors import GloraError
 from .ir import Space, Structure, TrainSettings
-from .kinds import max_choice, storage_shapes
+from .kinds import storage_shapes
 from .objectives import fitness, sums
 from .outputs import forward_logits
 from .progress import TrainProgress
@@ -253,9 +253,7 @@ def validation_structure(supernet, structure: Optional[Structure]) -> Structure:
     one would not be); the largest uses the most adapter values, so it reflects what the
     shared tensors learnt rather than one corner of the space (the search's pick is not
     known yet), and it is the structure the sandwich rule trains at every step."""
-    if structure is not None:
-        return structure
-    return Structure(layers={name: max_choice(a.space, a.geom) for name, a in supernet.adapters.items()})
+    return structure if structure is not None else supernet.largest_structure()
 
 
 def val_fields(task: str, score: dict) -> dict:

@@ -205,7 +205,7 @@ def search_checkpoint(checkpoint: str, data_source: str, *, output: str, budget:
         if plot:
             from .search_plots import plot_search
 
-            plot_search(result, plot)
+            plot_search(result, plot, task=supernet.history.search.task)
     barrier(dist)
     return supernet, result
 

@@ -75,6 +75,7 @@ def test_causal_lm_from_compile_to_a_folded_model_that_plain_transformers_serves
     code, out, err = run_cli(capsys, "search", trained, "--data", data, "-o", searched, "--no-progress")
     assert code == 0, err
     assert "best: val loss" in out
+    assert "val accuracy" not in out  # the table's fitness column is minus the loss, and says so
     history = glorac.load(searched).history.search
     assert history.task == "causal-lm" and history.best_accuracy < 0  # minus the val token loss
 

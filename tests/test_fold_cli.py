@@ -515,3 +515,16 @@ def test_label_names_fill_a_config_that_leaves_its_default_two_labels_out(tmp_pa
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert not write_label_names(tmp_path, ("a", "b", "c"))  # three names for two outputs: left alone
+
+
+def test_python_fold_names_the_labels_of_a_classifier():
+    """glorac.fold (not only the CLI) gives the folded classifier the data's class names."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=3)
+    model = transformers.BertForSequenceClassification(config)
+    supernet = glorac.build_supernet(REPO / "specs" / "bert.glora", model)
+    supernet.history = supernet.history.model_copy(update={"class_names": ("cat", "dog", "fox")})
+    folded = glorac.fold(supernet, supernet.largest_structure())
+    assert folded.config.id2label == {0: "cat", 1: "dog", 2: "fox"} and folded.config.label2id["fox"] == 2
+    assert model.config.id2label[0] == "LABEL_0"  # the fold's copy is named, the caller's model untouched

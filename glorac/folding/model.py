@@ -86,6 +86,7 @@ def fold_with_report(supernet, structure: Union[Structure, Mapping, None] = None
         write_layers(model, supernet.plan, entries, [lp.qualname])
         rows.append(row)
     model.eval()
+    name_labels(model, supernet.history.class_names)
     report = FoldReport.of(rows, next(model.parameters()).dtype)
     if adapted_out is not None:
         abs_err = (run_probe(model, probe) - adapted_out).abs().max().item()
@@ -95,6 +96,18 @@ def fold_with_report(supernet, structure: Union[Structure, Mapping, None] = None
         report = report.model_copy(update={"note": "no probe input known for this model: end-to-end "
                                                    "error not measured (per-layer deltas are)"})
     return model, report
+
+
+def name_labels(model: nn.Module, names: tuple[str, ...]) -> bool:
+    """Give a Hugging Face classifier's config the data's class names (``id2label`` /
+    ``label2id``) when it has that many labels; True when it did. Otherwise transformers
+    answers in LABEL_0..K-1 (and a pipeline with it)."""
+    config = getattr(model, "config", None)
+    if not names or getattr(config, "num_labels", None) != len(names):
+        return False
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    return True
 
 
 def adapted_probe(supernet, structure: Structure, probe: tuple, *, guessed: bool = True) -> Optional[torch.Tensor]:
