@@ -14,3 +14,20 @@ def pick_device(args) -> tuple[torch.device, bool]:
     if args.threads:
         torch.set_num_threads(args.threads)
     return device, gpu
+
+
+#: --optimizer choices: torch's AdamW implementations. `fused` is what glorac's trainer
+#: uses (glorac.trainer.adamw) and the Hugging Face Trainer's default (adamw_torch_fused).
+OPTIMIZERS = ("fused", "foreach", "loop")
+
+
+def add_optimizer_arg(ap) -> None:
+    ap.add_argument("--optimizer", choices=OPTIMIZERS, default="fused",
+                    help="AdamW implementation, the same for every variant (default: fused, as glorac's "
+                         "trainer and the Hugging Face Trainer use)")
+
+
+def adamw(params, kind: str, lr: float = 1e-4) -> torch.optim.AdamW:
+    """AdamW over ``params`` in one implementation (the same for every variant of a run)."""
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[kind]
+    return torch.optim.AdamW(params, lr=lr, **options)

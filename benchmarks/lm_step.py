@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import glorac
 from glorac.dsl.library import PAPER_SPACE
 from glorac.sampling import StructureSampler
+from common import adamw, add_optimizer_arg
 
 TARGETS = '"model.layers.*.self_attn.{q_proj,k_proj,v_proj,o_proj}", "model.layers.*.mlp.{gate_proj,up_proj,down_proj}"'
 FIXED = {"lora": "space f { B: lora(8) }", "lowrank": "space f { A: lora(8) B: lora(8) C: lora(8) D: vector E: vector }"}
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--device", default="cpu")
+    add_optimizer_arg(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
     amp = device.type == "cuda"
@@ -107,7 +109,7 @@ def main() -> None:
     runs = {}
     for key in keys:
         model, params, hook = variant(key, base, device)
-        runs[key] = (model, torch.optim.AdamW(params, lr=1e-4), hook, sum(p.numel() for p in params))
+        runs[key] = (model, adamw(params, args.optimizer), hook, sum(p.numel() for p in params))
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(device)
     times = {k: [] for k in keys}
     peak = {}

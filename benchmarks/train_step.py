@@ -17,6 +17,7 @@ mlp.fc1, mlp.fc2; the head is trained in every adapter variant):
   head        head only: forward + the head's backward (input needs no grad)
   floor       backprop floor: head + pos_embed trainable, so activation gradients flow
               back through every block but no weight gradient of a block is computed
+  lora        glorac, fixed structure A none, B lora(8), C,D,E none: LoRA-equivalent
   lowrank     glorac, fixed structure A,B,C = lora(8), D,E = vector (materialises W')
   factored    glorac, fixed structure A vector, B lora(8), C,D,E vector (no W')
   supernet    glorac, paper space rank 8, a new StructureSampler structure every step
@@ -55,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import glorac
-from common import pick_device
+from common import adamw, add_optimizer_arg, pick_device
 from glorac.sampling import StructureSampler
 
 ADAPT = '"blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2"'
@@ -70,6 +71,14 @@ space lowrank(r=8) {{
     E: vector
 }}
 adapt {ADAPT} with lowrank
+train "head"
+"""
+
+SPEC_LORA = f"""
+space lora(r=8) {{
+    B: lora(r)
+}}
+adapt {ADAPT} with lora
 train "head"
 """
 
@@ -97,11 +106,14 @@ adapt {ADAPT} with paper
 train "head"
 """
 
-ALL_VARIANTS = ("full", "head", "floor", "lowrank", "factored", "supernet", "peft_lora", "peft_glora")
+ALL_VARIANTS = ("full", "head", "floor", "lora", "lowrank", "factored", "supernet", "peft_lora", "peft_glora")
+#: The spec of each glorac variant with one fixed structure.
+FIXED_SPECS = {"lora": SPEC_LORA, "lowrank": SPEC_LOWRANK, "factored": SPEC_FACTORED}
 LABELS = {
     "full": "full fine-tuning",
     "head": "head only (fwd + head bwd)",
     "floor": "backprop floor (no W grads)",
+    "lora": "glorac B lora(8) (LoRA-equiv.)",
     "lowrank": "glorac all-low-rank",
     "factored": "glorac A vector (factored)",
     "supernet": "glorac supernet sampling",
@@ -169,8 +181,8 @@ def build_variant(key: str, base: nn.Module) -> Variant:
         # trainable forces the full chain of activation gradients, with no weight
         # gradient in any block (what every adapter method pays at least).
         return Variant(key, model, _only(model, ("head", "pos_embed")))
-    if key in ("lowrank", "factored"):
-        supernet = _glorac(SPEC_LOWRANK if key == "lowrank" else SPEC_FACTORED, model)
+    if key in FIXED_SPECS:
+        supernet = _glorac(FIXED_SPECS[key], model)
         return Variant(key, supernet, list(supernet.trainable_parameters()))
     if key == "supernet":
         supernet = _glorac(SPEC_PAPER, model)
@@ -288,7 +300,7 @@ def run_model(name: str, args, device: torch.device) -> dict[str, Variant]:
         t0 = time.perf_counter()
         v = build_variant(key, base)
         v.model.to(device).train()
-        v.optimizer = torch.optim.AdamW(v.params, lr=1e-4)
+        v.optimizer = adamw(v.params, args.optimizer)
         variants[key] = v
         trainable = sum(p.numel() for p in v.params)
         print(f"  built {key:10s} trainable {trainable / 1e6:7.3f}M  ({time.perf_counter() - t0:.1f}s)",
@@ -357,14 +369,14 @@ def report(name: str, variants: dict[str, Variant], device: torch.device, args) 
         ok = "met" if ratio <= limit else "NOT MET"
         lines.append(f"{name:24s} {what:62s} target <= {limit:.2f}  measured {ratio:5.2f}  {ok}")
 
-    check("time all-low-rank / PEFT GLoRA", "lowrank", "peft_glora", 0.65, med)
-    check("time all-low-rank / full FT", "lowrank", "full", 1.00, med)
-    check("time A-vector (factored) / PEFT LoRA", "factored", "peft_lora", 1.05, med)
-    check("time supernet sampling / full FT", "supernet", "full", 0.95, med)
+    # The targets of issue 14 (GPU, bf16); on a CPU they are printed for reference only.
+    check("time LoRA-equivalent (B lora(8)) / PEFT LoRA r8", "lora", "peft_lora", 1.00, med)
+    check("time all-low-rank / PEFT GLoRA", "lowrank", "peft_glora", 0.50, med)
+    check("time all-low-rank / full FT", "lowrank", "full", 1.20, med)
+    check("time supernet sampling / full FT", "supernet", "full", 1.00, med)
     memory = {k: v.mem[mem_key] for k, v in variants.items()}
-    tag = "" if "vit_base" in name else " (target is for vit_base)"
-    for k in ("lowrank", "factored", "supernet"):
-        check(f"memory {k} / PEFT GLoRA{tag}", k, "peft_glora", 1.00, memory)
+    for k in ("lora", "lowrank", "factored", "supernet"):
+        check(f"memory {k} / PEFT GLoRA", k, "peft_glora", 1.00, memory)
     return lines
 
 
@@ -384,6 +396,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--quick", action="store_true", help="smoke run: vit_tiny_patch16_224 at 160 px, 2 rounds (CPU: 1 thread unless --threads)")
     ap.add_argument("--verbose", action="store_true")
+    add_optimizer_arg(ap)
     args = ap.parse_args()
 
     device, gpu = pick_device(args)

@@ -134,18 +134,26 @@ class GloraAdapter(nn.Module):
                 f"parametrization={self.parametrization}")
 
     # ------------------------------------------------------ support tensors
+    # The factors are read whole whenever the kind uses all of the storage: slicing
+    # costs nothing forward, but its backward scatters into a zeroed full-size gradient
+    # (two kernels per factor per step), which a view or the parameter itself avoids.
     def _lowrank(self, tensor: str, kind: _Kind, dtype) -> tuple[Tensor, Tensor]:
         """(scale·U, V): the first r columns/rows of the max-rank factors."""
         _, rank, scale = kind
-        u = getattr(self, f"{tensor}_out")[:, :rank].to(dtype)
-        v = getattr(self, f"{tensor}_in")[:rank, :].to(dtype)
+        u, v = getattr(self, f"{tensor}_out"), getattr(self, f"{tensor}_in")
+        u = (u if u.shape[1] == rank else u[:, :rank]).to(dtype)
+        v = (v if v.shape[0] == rank else v[:rank, :]).to(dtype)
         return (u if scale == 1.0 else u * scale), v
 
     def _column0(self, tensor: str, kind: _Kind, dtype) -> Tensor:
         """vector → scale · column 0 of the out-side factor (out,); scalar → its [0, 0] (0-d)."""
         name, _, scale = kind
         p = getattr(self, f"{tensor}_out")
-        col = (p[:, 0] if name == "vector" else p[0, 0]).to(dtype)
+        if name == "vector":
+            col = p.view(-1) if p.shape[1] == 1 else p[:, 0]
+        else:
+            col = p.view(()) if p.numel() == 1 else p[0, 0]
+        col = col.to(dtype)
         return col if scale == 1.0 else col * scale
 
     def _dense_ab(self, tensor: str, kind: _Kind, w: Tensor) -> Optional[Tensor]:
@@ -162,7 +170,7 @@ class GloraAdapter(nn.Module):
     def _c_vector(self, kind: _Kind, dtype) -> Tensor:
         if kind[0] == "lora":
             u, v = self._lowrank("C", kind, dtype)
-            return (u @ v)[:, 0]
+            return (u @ v).view(-1)  # V is r×1: the product is one column
         return self._column0("C", kind, dtype)
 
     def _effective_weight(self, w: Tensor, kinds: _Kinds) -> Tensor:

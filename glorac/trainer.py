@@ -181,12 +181,25 @@ def redraw_in_factors(supernet, seed: int) -> None:
         adapter.reset_in_factors(generator)
 
 
+def adamw(groups: list[dict], **options) -> torch.optim.AdamW:
+    """AdamW over ``groups``, fused where torch has the fused kernel for every tensor.
+
+    A supernet has many small tensors (up to eight per adapted layer): the default
+    optimizer runs about ten ops per tensor (CPU) or per chunk of tensors (CUDA), the fused
+    one a couple in all, which matters most where a step is bound by launches (a GPU).
+    The update is AdamW's either way (to float rounding)."""
+    params = [p for g in groups for p in g["params"]]
+    fusable = bool(params) and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) and
+                                   p.device.type in ("cuda", "cpu") for p in params) and \
+        len({p.device.type for p in params}) == 1
+    return torch.optim.AdamW(groups, fused=fusable or None, **options)
+
+
 def train_plain(model: nn.Module, data: TaskData, groups: list[tuple[list, float]], settings: TrainSettings) -> None:
     """The Trainer's protocol (batch order, warm-up + schedule, AdamW) for a model that is
     not a supernet: the baselines (head only, PEFT). ``groups``: (parameters, lr) pairs;
     every group follows the schedule with the end ratio ``min_lr / lr``."""
-    opt = torch.optim.AdamW([{"params": ps, "lr": lr, "base": lr} for ps, lr in groups if ps],
-                            weight_decay=settings.weight_decay)
+    opt = adamw([{"params": ps, "lr": lr, "base": lr} for ps, lr in groups if ps], weight_decay=settings.weight_decay)
     dataset = data.splits["train"]
     steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
     total, step = steps_per_epoch * settings.epochs, 0
@@ -330,8 +343,7 @@ class Trainer:
         groups = [{"params": [p for p in self.params if id(p) not in head], "lr_scale": 1.0},
                   {"params": [p for p in self.params if id(p) in head],
                    "lr_scale": (settings.head_lr or settings.lr) / settings.lr}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr,
-                                           weight_decay=settings.weight_decay)
+        self.optimizer = adamw([g for g in groups if g["params"]], lr=settings.lr, weight_decay=settings.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.dataset) / settings.batch_size)
         self.total_steps = self.steps_per_epoch * settings.epochs
         self.state = TrainState()
