@@ -50,6 +50,12 @@ def _normalise_conv(conv: Optional[dict]) -> dict:
     return {"stride": _pair(c["stride"]), "padding": pad, "dilation": _pair(c["dilation"]), "groups": int(c["groups"])}
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``; a tensor already in it is returned without a call into torch
+    (a no-op ``.to`` still costs a dispatch, which adds up over a launch-bound step)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _compile_choice(choice: LayerChoice, geom: Geometry, parametrization: str) -> _Kinds:
     return tuple((k.kind, k.rank or 0, kind_scale(t, k, geom, parametrization)) for t, k in choice.items())
 
@@ -141,8 +147,8 @@ class GloraAdapter(nn.Module):
         """(scale·U, V): the first r columns/rows of the max-rank factors."""
         _, rank, scale = kind
         u, v = getattr(self, f"{tensor}_out"), getattr(self, f"{tensor}_in")
-        u = (u if u.shape[1] == rank else u[:, :rank]).to(dtype)
-        v = (v if v.shape[0] == rank else v[:rank, :]).to(dtype)
+        u = _cast(u if u.shape[1] == rank else u[:, :rank], dtype)
+        v = _cast(v if v.shape[0] == rank else v[:rank, :], dtype)
         return (u if scale == 1.0 else u * scale), v
 
     def _column0(self, tensor: str, kind: _Kind, dtype) -> Tensor:
@@ -153,7 +159,7 @@ class GloraAdapter(nn.Module):
             col = p.view(-1) if p.shape[1] == 1 else p[:, 0]
         else:
             col = p.view(()) if p.numel() == 1 else p[0, 0]
-        col = col.to(dtype)
+        col = _cast(col, dtype)
         return col if scale == 1.0 else col * scale
 
     def _dense_ab(self, tensor: str, kind: _Kind, w: Tensor) -> Optional[Tensor]:
@@ -192,10 +198,10 @@ class GloraAdapter(nn.Module):
         dtype, out = w.dtype, w.shape[0]
         acc = bias
         if bias is not None and kd != "none":  # D scales b0; without b0 it has no effect
-            d = self.D.to(dtype) if kd == "vector" else self.D[0].to(dtype)
+            d = _cast(self.D if kd == "vector" else self.D[0], dtype)
             acc = torch.addcmul(bias, bias, d)
         if ke != "none":
-            e = self.E.to(dtype) if ke == "vector" else self.E[:1].to(dtype)
+            e = _cast(self.E if ke == "vector" else self.E[:1], dtype)
             acc = (e if ke == "vector" else e.repeat(out)) if acc is None else acc + e
         if kc != "none":
             c = self._c_vector(kinds[2], dtype)
@@ -246,7 +252,7 @@ class GloraAdapter(nn.Module):
         b_eff = None if fuse_bias else b_eff
         side = self._b_side_path(x, weight, y.dtype, kinds[1])
         if b_eff is not None:
-            b_eff = self._per_channel(b_eff.to(y.dtype))
+            b_eff = self._per_channel(_cast(b_eff, y.dtype))
             side = b_eff if side is None else side + b_eff
         if kind_a == "none":
             return y if side is None else y + side
@@ -271,7 +277,7 @@ class GloraAdapter(nn.Module):
         else:
             ones = x.new_ones((1, 1, *w.shape[2:]))
             s = F.conv2d(x.sum(-3, keepdim=True), ones, None, **self.conv)
-        return s.to(dtype) * self._per_channel(self._column0("B", kind_b, dtype))
+        return _cast(s, dtype) * self._per_channel(self._column0("B", kind_b, dtype))
 
     # ------------------------------------------------------------------ fold
     def fold(
