@@ -20,9 +20,10 @@ from torch import Tensor
 
 from .ir import NONE, Kind, LayerChoice, Structure
 from .kinds import kind_scale
+from .folding.files import write_directory
 from .peft_format import (
     ADAPTER_WEIGHTS, KEY_PREFIX, PeftMappingError, glorac_weight, lora_layer_problem,
-    peft_factors, require_peft, write_directory,
+    peft_factors, require_peft,
 )
 from .planning import LayerPlan
 from .supernet import Supernet

@@ -11,18 +11,13 @@ Used by :mod:`glorac.peft_export` and :mod:`glorac.peft_import` (docs/peft.md).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+
 
 from torch import Tensor, nn
 
-from .errors import CheckpointError, GloraError
+from .errors import GloraError
 from .op import is_transposed_linear, same_padding_conv, unsupported_subclass
-from .folding.files import replace_dir
-from .safeio import umask_mode
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -84,33 +79,4 @@ def glorac_factors(lora_a: Tensor, lora_b: Tensor) -> tuple[Tensor, Tensor]:
 def glorac_weight(module: nn.Module) -> Tensor:
     """The layer's weight in glorac's layout (Conv1D stores it transposed, in×out)."""
     return module.weight.t() if is_transposed_linear(module) else module.weight
-
-
-def write_directory(out: Path, fill: Callable[[Path], None], *, force: bool) -> Path:
-    """Create directory ``out`` with what ``fill(staging)`` writes, all or nothing.
-
-    The files are written into a hidden staging directory beside ``out`` and renamed into
-    place once complete; an existing ``out`` is replaced only with ``force``, and only then.
-    """
-    if out.exists() and (not out.is_dir() or not force):
-        what = "is not a directory" if not out.is_dir() else "already exists; pass --force to overwrite it"
-        raise CheckpointError(f"output {out} {what}.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {out}: {exc}; check the directory.") from None
-    try:
-        fill(staging)
-        for path in staging.iterdir():  # tempfile's 0600/0700 would hide the adapter from its users
-            os.chmod(path, umask_mode(0o666))
-        os.chmod(staging, umask_mode(0o777))
-        replace_dir(staging, out)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(f"writing {out} failed ({exc}); nothing was written.") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
 

@@ -106,20 +106,41 @@ def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callab
     name; weight files of ``source`` are never copied (they hold unfolded weights). The
     config gets ``label_names`` as id2label/label2id when it has that many labels.
     """
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"output {out} exists and is not a directory; Hugging Face models are "
-                              "written as a directory that from_pretrained loads.")
-    if out.exists() and not force:
-        raise CheckpointError(f"output {out} already exists; pass --force to overwrite it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    def complete(staging: Path) -> None:
         fill(staging)
         if source is not None:
             copy_other_files(source, staging, out)
         write_label_names(staging, label_names)
         (staging / HF_SIDECAR).write_text(describe(staging).to_json(), encoding="utf-8")
-        os.chmod(staging, umask_mode(0o777))  # mkdtemp's 0700 would hide the model from its users
+
+    write_directory(out, complete, force=force,
+                    not_a_directory="Hugging Face models are written as a directory that from_pretrained loads")
+    return out / HF_SIDECAR
+
+
+def write_directory(out: Path, fill: Callable[[Path], None], *, force: bool,
+                    not_a_directory: str = "name a directory") -> Path:
+    """Create directory ``out`` with what ``fill(staging)`` writes, all or nothing.
+
+    The files go into a hidden staging directory beside ``out``, which is renamed into
+    place once complete (an existing ``out`` is replaced only with ``force``, and only
+    then); on any error the staging directory is removed and ``out`` left as it was.
+    Modes follow the umask (tempfile's 0600/0700 would hide the output from its users)."""
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"output {out} exists and is not a directory; {not_a_directory}.")
+    if out.exists() and not force:
+        raise CheckpointError(f"output {out} already exists; pass --force to overwrite it.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {out}: {exc}; check the directory.") from None
+    try:
+        fill(staging)
+        for path in staging.iterdir():
+            if path.is_file():
+                os.chmod(path, umask_mode(0o666))
+        os.chmod(staging, umask_mode(0o777))
         replace_dir(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -127,7 +148,7 @@ def write_hf_directory(out: Path, fill: Callable[[Path], None], describe: Callab
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out / HF_SIDECAR
+    return out
 
 
 def write_label_names(directory: Path, names: tuple[str, ...]) -> bool:
