@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Issue 14's GPU measurement in one call (about 8 minutes on an H100/H200):
+# Issue 14's GPU measurement in one call (about 9 minutes on an H100/H200):
 #   1. launches per step and per adapted layer (benchmarks/profile_step.py, vit_small, CUDA kernels);
 #   2. step time and peak memory, glorac vs PEFT LoRA / GLoRA vs full FT, bf16 autocast,
 #      alternating runs (benchmarks/train_step.py: vit_small and vit_base, batch 64);
-#   3. the LLaMA-shaped stack, where GEMMs dominate (benchmarks/lm_step.py: hidden 2048, seq 512).
+#   3. the LLaMA-shaped stack, where GEMMs dominate (benchmarks/lm_step.py: hidden 2048, seq 512);
+#   4. step 2 again with the adapter op under torch.compile (--compile-adapters).
 # Each stage writes its full output to $OUT (or ./gpu-issue14) and the targets table ends the run.
 #   bash benchmarks/gpu_issue14.sh            # on the GPU machine (needs timm, transformers, peft there)
 #   SMOKE=1 bash benchmarks/gpu_issue14.sh    # tiny settings on any machine, to check the script itself
@@ -26,5 +27,10 @@ python -c "import torch, timm, transformers; print('torch', torch.__version__, '
 python profile_step.py "${profile[@]}" 2>&1 | grep -v '^USDT' | tee "$out/profile.txt"
 python train_step.py "${steps[@]}" 2>&1 | tee "$out/train_step.txt"
 python lm_step.py "${lm[@]}" 2>&1 | tee "$out/lm_step.txt"
-echo "== targets (train_step.py) =="
+# The same step with the adapter op compiled (fixed structures: 4 graphs per model; the
+# supernet compiles up to torch's recompile limit, then runs its other draws eagerly).
+python train_step.py "${steps[@]}" --compile-adapters 2>&1 | tee "$out/train_step_compiled.txt"
+echo "== targets (train_step.py, eager adapter op) =="
 grep -E "target <=" "$out/train_step.txt" || true
+echo "== targets (train_step.py --compile-adapters) =="
+grep -E "target <=" "$out/train_step_compiled.txt" || true

@@ -168,7 +168,8 @@ def _peft_model(model: nn.Module, config) -> nn.Module:
     return peft_model
 
 
-def build_variant(key: str, base: nn.Module) -> Variant:
+def build_variant(key: str, base: nn.Module, compile_adapters: bool = False) -> Variant:
+    """``compile_adapters``: glorac variants run their adapter op through torch.compile."""
     model = copy.deepcopy(base)
     if key == "full":
         for p in model.parameters():
@@ -183,9 +184,13 @@ def build_variant(key: str, base: nn.Module) -> Variant:
         return Variant(key, model, _only(model, ("head", "pos_embed")))
     if key in FIXED_SPECS:
         supernet = _glorac(FIXED_SPECS[key], model)
+        if compile_adapters:
+            supernet.compile_adapters()
         return Variant(key, supernet, list(supernet.trainable_parameters()))
     if key == "supernet":
         supernet = _glorac(SPEC_PAPER, model)
+        if compile_adapters:  # beyond torch's recompile limit the sampled structures run eagerly
+            supernet.compile_adapters()
         sampler = StructureSampler(supernet.spaces(), seed=0)
 
         def before(step: int) -> None:
@@ -298,7 +303,7 @@ def run_model(name: str, args, device: torch.device) -> dict[str, Variant]:
     variants: dict[str, Variant] = {}
     for key in args.variants:
         t0 = time.perf_counter()
-        v = build_variant(key, base)
+        v = build_variant(key, base, compile_adapters=args.compile_adapters)
         v.model.to(device).train()
         v.optimizer = adamw(v.params, args.optimizer)
         variants[key] = v
@@ -307,9 +312,12 @@ def run_model(name: str, args, device: torch.device) -> dict[str, Variant]:
               flush=True)
     del base
 
-    for v in variants.values():  # warm-up; the first step also creates the AdamW state
+    for v in variants.values():  # warm-up; the first step also creates the AdamW state (and compiles)
+        t0 = time.perf_counter()
         for _ in range(args.warmup):
             train_step(v, x, y, device)
+        if args.compile_adapters and hasattr(v.model, "compile_adapters"):
+            v.note = f"warm-up incl. torch.compile {time.perf_counter() - t0:.1f} s"
     keys = list(variants)
     for r in range(args.rounds):
         order = keys[r % len(keys):] + keys[:r % len(keys)]  # rotate so no variant is always first
@@ -331,7 +339,8 @@ def run_model(name: str, args, device: torch.device) -> dict[str, Variant]:
         t0 = time.perf_counter()
         for i in range(20):
             v.before_step(10_000 + i)
-        v.note = f"sampling+set_choice {(time.perf_counter() - t0) / 20 * 1e3:.2f} ms/step (included)"
+        sampling = f"sampling+set_choice {(time.perf_counter() - t0) / 20 * 1e3:.2f} ms/step (included)"
+        v.note = f"{v.note}; {sampling}" if v.note else sampling
     return variants
 
 
@@ -396,6 +405,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--quick", action="store_true", help="smoke run: vit_tiny_patch16_224 at 160 px, 2 rounds (CPU: 1 thread unless --threads)")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--compile-adapters", action="store_true",
+                    help="glorac variants run their adapter op through torch.compile (Supernet.compile_adapters)")
     add_optimizer_arg(ap)
     args = ap.parse_args()
 

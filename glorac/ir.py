@@ -286,6 +286,9 @@ class TrainSettings(_Frozen):
     # Batches of examples of similar length (less padding; language models): a seeded
     # shuffle as always, then lengths sorted within windows of 50 batches.
     group_by_length: bool = False
+    # torch.compile the adapter op (glorac.op.GloraAdapter.compile_op): one graph per
+    # structure and layer shape, at most 8; for fixed structures (finetune) on a GPU.
+    compile_adapters: bool = False
 
     def conflicts(self) -> list[SettingConflict]:
         """The constraints between fields that these settings break (none when valid)."""

@@ -19,6 +19,7 @@ Which computation runs (all exact, one full GEMM/conv per call):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, Optional, Union
 
@@ -237,6 +238,21 @@ class GloraAdapter(nn.Module):
                 choice: Optional[LayerChoice] = None) -> Tensor:
         """The layer's output under ``choice`` (default: the selected one, :meth:`set_choice`)."""
         kinds = self._kinds if choice is None else self._compile(choice)
+        run = self.__dict__.get("_compiled_run") or GloraAdapter._run
+        return run(self, x, weight, bias, kinds)
+
+    def compile_op(self, backend: Optional[str] = "inductor") -> None:
+        """Run the forward through ``torch.compile`` (``backend``; None: eager again).
+
+        One compiled function serves every adapter of the process, its graphs keyed by the
+        structure (a tuple of constants) and the shapes, so layers of one shape and
+        structure share a graph: a fixed structure on a ViT or a LLaMA needs four. The
+        cache is torch's own, bounded by ``torch._dynamo.config.recompile_limit`` (8
+        graphs): a supernet that samples more structures than that runs the rest
+        eagerly. Exact to float rounding (fusion reorders sums); tests/test_op.py."""
+        self.__dict__["_compiled_run"] = None if backend is None else _compiled_run(backend)
+
+    def _run(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], kinds: _Kinds) -> Tensor:
         b_eff = self._effective_bias(weight, bias, kinds)
         grouped = self.conv is not None and self.conv["groups"] != 1
         kind_a = kinds[0][0]
@@ -297,6 +313,12 @@ class GloraAdapter(nn.Module):
             b_eff = self._effective_bias(w64, b64, kinds)
         b_dtype = weight.dtype if bias is None else bias.dtype
         return w_eff.to(weight.dtype), None if b_eff is None else b_eff.to(b_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_run(backend: str):
+    """GloraAdapter._run under torch.compile with ``backend``, made once per process."""
+    return torch.compile(GloraAdapter._run, backend=backend, dynamic=False)
 
 
 class _ScaleAdd(torch.autograd.Function):

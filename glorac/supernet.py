@@ -172,6 +172,12 @@ class Supernet(nn.Module):
                     seen.add(id(p))
                     yield p
 
+    def compile_adapters(self, backend: Optional[str] = "inductor") -> None:
+        """Run every adapter's op through ``torch.compile`` (None: eagerly again); see
+        :meth:`glorac.op.GloraAdapter.compile_op` for the graphs it keeps and their bound."""
+        for adapter in self._adapters.values():
+            adapter.compile_op(backend)
+
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         """Every adapter tensor (A..E storage of every adapted layer), for an optimizer.
         :meth:`trainable_parameters` adds the spec's `train` modules (the head)."""

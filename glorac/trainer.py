@@ -350,6 +350,7 @@ class Trainer:
         self.model = supernet.model
         if settings.gradient_checkpointing:
             enable_gradient_checkpointing(supernet)
+
         if dist.sharded:
             from .sharding import shard_supernet
 
@@ -429,11 +430,15 @@ class Trainer:
 
     def fit(self) -> TrainState:
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        if self.settings.compile_adapters:
+            self.supernet.compile_adapters()
         try:
             self._fit()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if self.settings.compile_adapters:  # the supernet leaves training as it came
+                self.supernet.compile_adapters(None)
         return self.state
 
     def _on_sigint(self, signum, frame):

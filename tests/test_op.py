@@ -470,6 +470,83 @@ def test_torch_compile_fullgraph_per_choice():
             torch.testing.assert_close(compiled(case.x, w, b), adapter(case.x, w, b))
 
 
+def _compiled_matches_eager(case_name: str, choices, backend: str, tol: float) -> None:
+    """compile_op gives eager's output and gradients (input and adapter tensors), per choice."""
+    case = make_case(case_name)
+    w, b = case.module.weight, case.module.bias
+    adapter = perturb(build_adapter_for(case.module, FULL))
+    for choice in choices:
+        adapter.set_choice(choice)
+        results = []
+        for run in (None, backend):
+            adapter.compile_op(run)
+            x = case.x.clone().requires_grad_(True)
+            adapter.zero_grad(set_to_none=True)
+            y = adapter(x, w, b)
+            y.pow(2).sum().backward()
+            grads = {n: p.grad.clone() for n, p in adapter.named_parameters() if p.grad is not None}
+            results.append((y.detach(), x.grad, grads))
+        (y0, gx0, g0), (y1, gx1, g1) = results
+        assert g0.keys() == g1.keys() and g0, choice
+        assert rel_err(y1, y0) < tol and rel_err(gx1, gx0) < tol, choice
+        for n in g0:
+            assert rel_err(g1[n], g0[n]) < tol, (choice, n)
+    adapter.compile_op(None)
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] >= len(choices)  # it did compile, once per structure
+
+
+#: One structure per computation path of GloraAdapter.forward: W′ materialised (A lora),
+#: factored (A vector / scalar, B lora side path), B vector side path, bias terms only.
+PATHS = [LayerChoice(A=K("lora(4)"), B=K("lora(4)"), C=K("lora(4)"), D=VEC, E=VEC),
+         LayerChoice(A=VEC, B=K("lora(4)"), C=VEC, D=VEC, E=VEC),
+         LayerChoice(A=SCA, B=VEC, E=SCA),
+         LayerChoice(C=VEC, D=SCA, E=VEC)]
+
+
+@pytest.mark.parametrize("case_name", ["linear", "linear_nobias_3d", "conv3x3_s2p1", "grouped"])
+def test_compiled_op_matches_eager_on_every_path(case_name):
+    pytest.importorskip("torch._dynamo").reset()
+    _compiled_matches_eager(case_name, PATHS, "aot_eager", 1e-6)
+
+
+def test_compiled_op_shares_graphs_between_layers_of_one_shape_and_structure():
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    layers = [nn.Linear(10, 6) for _ in range(3)] + [nn.Linear(10, 4)]
+    adapters = [perturb(build_adapter_for(m, FULL), seed=i) for i, m in enumerate(layers)]
+    structure = PATHS[1]
+    x = torch.randn(3, 10)
+    from glorac import op
+
+    op._compiled_run.cache_clear()
+    for a, m in zip(adapters, layers):
+        a.set_choice(structure)
+        a.compile_op(counting)
+        torch.testing.assert_close(a(x, m.weight, m.bias), (a.compile_op(None), a(x, m.weight, m.bias))[1])
+        a.compile_op(counting)
+    assert len(graphs) == 2  # one graph per shape: three 10→6 layers share one
+    adapters[0].set_choice(PATHS[2])  # another structure is another graph, never a stale one
+    torch.testing.assert_close(adapters[0](x, layers[0].weight, layers[0].bias),
+                               adapters[0]._run(x, layers[0].weight, layers[0].bias, adapters[0]._kinds))
+    assert len(graphs) == 3
+    op._compiled_run.cache_clear()
+
+
+@pytest.mark.slow
+def test_inductor_compiled_op_matches_eager():
+    """The real compiler (C++ code generation on a CPU: about half a minute per graph here)."""
+    pytest.importorskip("torch._dynamo").reset()
+    _compiled_matches_eager("linear", PATHS[:2], "inductor", 1e-5)
+
+
 # ----------------------------------------------------------- random layers
 @st.composite
 def layers(draw):

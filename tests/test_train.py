@@ -244,3 +244,28 @@ def test_length_grouped_batches_cover_every_example_once_longest_first():
                 for b in batch_order(1000, 8, 3, 1))
     assert spread < plain / 4
     assert LENGTH_WINDOW * 8 < 1000  # more than one window here, so the windows are exercised
+
+
+def test_compile_adapters_trains_the_same_tensors(supernet_file, tmp_path, monkeypatch):
+    """training { compile_adapters = true } runs the adapter op compiled (here through
+    AOTAutograd without code generation, which the real backend adds on a GPU) and trains
+    the tensors the eager op does, then hands the supernet back eager."""
+    from glorac.supernet import Supernet
+
+    compiled = []
+    original = Supernet.compile_adapters
+
+    def compile_with_aot_eager(self, backend="inductor"):
+        compiled.append(backend)
+        original(self, None if backend is None else "aot_eager")
+
+    monkeypatch.setattr(Supernet, "compile_adapters", compile_with_aot_eager)
+    outs = {}
+    for flag in ("--no-compile-adapters", "--compile-adapters"):
+        outs[flag] = tmp_path / f"{flag}.pt"
+        assert main(["train", str(supernet_file), *DATA, "-o", str(outs[flag]), "--epochs", "1",
+                     "--warmup-epochs", "0", "--no-progress", flag]) == 0
+    assert compiled == ["inductor", None]  # on for the run, off after it
+    a, b = _adapters(outs["--no-compile-adapters"]), _adapters(outs["--compile-adapters"])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
