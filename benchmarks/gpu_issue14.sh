@@ -17,10 +17,12 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
     profile=(--quick --steps 1)
     steps=(--quick --rounds 1 --variants full,lora,lowrank,supernet,peft_lora,peft_glora)
     lm=(--hidden 64 --layers 2 --seq 32 --batch 2 --rounds 1 --steps 1)
+    compiled=(--quick --rounds 1 --variants full,lora)  # inductor on a CPU: seconds per graph
 else
     profile=(--model vit_small_patch16_224 --batch 64 --steps 3)
     steps=(--models vit_small_patch16_224,vit_base_patch16_224 --batch 64 --rounds 6 --steps 3)
     lm=(--device cuda --hidden 2048 --layers 4 --seq 512 --batch 4 --rounds 4 --steps 3)
+    compiled=("${steps[@]}")
 fi
 python -c "import torch, timm, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
   torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$out/env.txt"
@@ -29,7 +31,7 @@ python train_step.py "${steps[@]}" 2>&1 | tee "$out/train_step.txt"
 python lm_step.py "${lm[@]}" 2>&1 | tee "$out/lm_step.txt"
 # The same step with the adapter op compiled (fixed structures: 4 graphs per model; the
 # supernet compiles up to torch's recompile limit, then runs its other draws eagerly).
-python train_step.py "${steps[@]}" --compile-adapters 2>&1 | tee "$out/train_step_compiled.txt"
+python train_step.py "${compiled[@]}" --compile-adapters 2>&1 | tee "$out/train_step_compiled.txt"
 echo "== targets (train_step.py, eager adapter op) =="
 grep -E "target <=" "$out/train_step.txt" || true
 echo "== targets (train_step.py --compile-adapters) =="
