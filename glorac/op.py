@@ -144,13 +144,15 @@ class GloraAdapter(nn.Module):
     # The factors are read whole whenever the kind uses all of the storage: slicing
     # costs nothing forward, but its backward scatters into a zeroed full-size gradient
     # (two kernels per factor per step), which a view or the parameter itself avoids.
-    def _lowrank(self, tensor: str, kind: _Kind, dtype) -> tuple[Tensor, Tensor]:
-        """(scale·U, V): the first r columns/rows of the max-rank factors."""
+    def _lowrank(self, tensor: str, kind: _Kind, dtype, *, scaled: bool = True) -> tuple[Tensor, Tensor]:
+        """(scale·U, V): the first r columns/rows of the max-rank factors. ``scaled=False``
+        leaves the scale to the caller, which can fold it into an op's own multiplier
+        (addmm's alpha, addcmul's value) rather than keep a scaled copy of U for the backward."""
         _, rank, scale = kind
         u, v = getattr(self, f"{tensor}_out"), getattr(self, f"{tensor}_in")
         u = _cast(u if u.shape[1] == rank else u[:, :rank], dtype)
         v = _cast(v if v.shape[0] == rank else v[:rank, :], dtype)
-        return (u if scale == 1.0 else u * scale), v
+        return (u if scale == 1.0 or not scaled else u * scale), v
 
     def _column0(self, tensor: str, kind: _Kind, dtype) -> Tensor:
         """vector → scale · column 0 of the out-side factor (out,); scalar → its [0, 0] (0-d)."""
@@ -175,18 +177,23 @@ class GloraAdapter(nn.Module):
         return col.view(-1, *[1] * (w.dim() - 1)) if name == "vector" else col
 
     def _c_vector(self, kind: _Kind, dtype) -> Tensor:
-        if kind[0] == "lora":
-            u, v = self._lowrank("C", kind, dtype)
-            return (u @ v).view(-1)  # V is r×1: the product is one column
+        if kind[0] == "lora":  # V is r×1: the product is one column, scaled after
+            u, v = self._lowrank("C", kind, dtype, scaled=False)
+            c = (u @ v).view(-1)
+            return c if kind[2] == 1.0 else c * kind[2]
         return self._column0("C", kind, dtype)
 
     def _effective_weight(self, w: Tensor, kinds: _Kinds) -> Tensor:
         """W0 + W0⊙A + B in w's dtype and shape."""
-        a = self._dense_ab("A", kinds[0], w)
-        out = w if a is None else torch.addcmul(w, w, a)
-        if kinds[1][0] == "lora":  # fuse the low-rank product into the add
-            u, v = self._lowrank("B", kinds[1], w.dtype)
-            return torch.addmm(out.reshape(w.shape[0], -1), u, v).view(w.shape)
+        if kinds[0][0] == "lora":  # the constant rides on addcmul's multiplier
+            u, v = self._lowrank("A", kinds[0], w.dtype, scaled=False)
+            out = torch.addcmul(w, w, (u @ v).view(w.shape), value=kinds[0][2])
+        else:
+            a = self._dense_ab("A", kinds[0], w)
+            out = w if a is None else torch.addcmul(w, w, a)
+        if kinds[1][0] == "lora":  # fuse the low-rank product (and its constant) into the add
+            u, v = self._lowrank("B", kinds[1], w.dtype, scaled=False)
+            return torch.addmm(out.reshape(w.shape[0], -1), u, v, alpha=kinds[1][2]).view(w.shape)
         b = self._dense_ab("B", kinds[1], w)
         return out if b is None else out + b
 
