@@ -67,6 +67,9 @@ class GloraTrainer(Trainer):
         rule = sampling or (model.spec.training.sampling if model.spec is not None else "uniform")
         self.sampler = StructureSampler(model.spaces(), seed=self.args.seed if seed is None else seed, rule=rule,
                                         geoms={n: a.geom for n, a in model.adapters.items()})
+        # A structure that reads no adapter tensor (the sandwich's smallest, when the
+        # space allows all-none) has nothing to learn from unless a `train` module does.
+        self._heads_learn = any(p.requires_grad for p in model.trained_parameters())
         if class_names:
             model.history = model.history.model_copy(update={"class_names": tuple(class_names)})
 
@@ -76,14 +79,11 @@ class GloraTrainer(Trainer):
         """The step's structures one after the other, their gradients summed; the loss
         reported is the drawn structure's (the sandwich's extremes add gradient only)."""
         structures = self.sampler.step_structures(self.state.global_step)
-        # A structure that reads no adapter tensor (the sandwich's smallest, when the
-        # space allows all-none) and no `train` module has nothing to learn from.
-        heads = any(p.requires_grad for p in self.supernet.trained_parameters())
         losses = []
         for k, structure in enumerate(structures):
             if not self.sampler.fixed or not k:
                 self.supernet.activate(structure)
-            if heads or self.supernet.structure_params(structure):
+            if self._heads_learn or self.supernet.structure_params(structure):
                 losses.append(super().training_step(model, inputs, num_items_in_batch))
             elif not k:  # the drawn structure's loss is still what the step reports
                 with torch.no_grad():

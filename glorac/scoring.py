@@ -152,12 +152,10 @@ class ShardedEvaluator:
         self.model.eval()
         try:
             with torch.no_grad(), self.supernet.activated(structure):
-                total = None
-                for batch, counted in self.shares:
-                    part = _sums(self.model, [batch], self.forward, None, self.task)
-                    part = part if counted else torch.zeros_like(part)
-                    total = part if total is None else total + part
-            total = torch.zeros(3, dtype=torch.float64) if total is None else total
+                total = _sums(self.model, [b for b, counted in self.shares if counted], self.forward, None,
+                              self.task)
+                for batch in (b for b, counted in self.shares if not counted):
+                    self.forward(self.model, batch)  # only so that every rank runs as many forwards
             torch.distributed.all_reduce(total)
             return _result(total.cpu(), self.task)
         finally:

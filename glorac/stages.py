@@ -45,19 +45,20 @@ def check_head(model: nn.Module, data: TaskData) -> None:
 
 def train(supernet, data: TaskData, settings: Optional[TrainSettings] = None, *,
           structure: Optional[Structure] = None, output: Optional[Union[str, Path]] = None,
-          dist: Dist = Dist(), progress: bool = True):
+          dist: Dist = Dist(), progress: bool = True, validation=None):
     """Train the supernet (or, with ``structure``, fine-tune that one structure) on the
     train split; returns the :class:`~glorac.trainer.TrainState`.
 
     ``settings`` default to the spec's. ``output``: a checkpoint written at every epoch end
     (and on Ctrl-C); without it nothing is written. Progress lands in ``supernet.history``.
+    ``validation``: a :class:`~glorac.trainer.Validation` (default: every epoch, on the val split).
     """
     from .trainer import Trainer
 
     check_head(supernet.base_model, data)
     require_split(data, "train")
     trainer = Trainer(supernet, data, settings or supernet.spec.training, dist, output, progress=progress,
-                      structure=structure)
+                      structure=structure, validation=validation)
     return trainer.fit()
 
 

@@ -329,6 +329,7 @@ class Trainer:
         self.validates = self.validation.enabled and "val" in data.splits
         self._check_keep_best()
         self.val_structure = validation_structure(supernet, structure)
+        self._val_shares: Optional[list] = None  # this rank's val batches, made at the first validation
         if structure is None:
             self.sampler = StructureSampler(supernet.spaces(), seed=settings.seed, rule=settings.sampling,
                                             geoms={n: a.geom for n, a in supernet.adapters.items()})
@@ -500,7 +501,11 @@ class Trainer:
         cuda = [self.dist.device] if self.dist.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), modes_kept(self.supernet), \
                 self.supernet.activated(self.val_structure), self._autocast():
-            shares = validation_shares(self.data, self.settings.batch_size, self.validation.max_batches, self.dist)
+            if self._val_shares is None:  # collated once (on the CPU: the device is for training)
+                on_cpu = dataclasses.replace(self.dist, device=torch.device("cpu"))
+                self._val_shares = validation_shares(self.data, self.settings.batch_size,
+                                                     self.validation.max_batches, on_cpu)
+            shares = [(batch.to(self.dist.device), counted) for batch, counted in self._val_shares]
             if self.dist.active:
                 return ShardedEvaluator(self.supernet, model, shares, task=self.task)(self.val_structure)
             return accuracy(model, [batch for batch, _ in shares], task=self.task)

@@ -138,7 +138,7 @@ def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[s
     fold and eval take it as it is. ``validation`` as for :func:`train_checkpoint`. Returns
     (supernet, TrainState, output path).
     """
-    from .trainer import Trainer, metrics_path
+    from .trainer import metrics_path
 
     out = Path(output) if output else default_finetune_output(Path(checkpoint))
     _check_finetune_output(Path(checkpoint), out, force)
@@ -157,10 +157,9 @@ def finetune_checkpoint(checkpoint: str, data_source: str, *, output: Optional[s
                             data=data_source, supernet_train=history.train)
     supernet.history = history.model_copy(update={"finetune": record, "train": None})
     data = data_for(supernet, data_source, **(data_options or {}))
-    require_split(data, "train")
-    try:  # the Trainer itself, as train_checkpoint does (stages.train takes no validation options)
-        state = Trainer(supernet, data, settings, dist, out, progress=progress, structure=chosen,
-                        validation=validation).fit()
+    try:
+        state = stages.train(supernet, data, settings, structure=chosen, output=out, dist=dist, progress=progress,
+                             validation=validation)
     except GloraError as exc:  # e.g. the structure does not fit this supernet's spaces
         raise type(exc)(f"{structure or checkpoint}: {exc}") from None
     return supernet, state, out
@@ -217,12 +216,9 @@ def load_for_eval(path: str, *, structure: Optional[str] = None,
     from .folding.files import HF_SIDECAR
     from .folding.load import load_folded
 
-    from .models import quiet_transformers
-
     p = Path(path)
     if (p.is_dir() and (p / HF_SIDECAR).exists()) or p.suffix == ".safetensors":
-        with quiet_transformers():  # glorac's own output: no load report to repeat
-            return load_folded(p, device=device)
+        return load_folded(p, device=device)
     supernet, _ = load_checkpoint(p, device=device)
     chosen = supernet.plan.resolve_structure(read_structure(structure) if structure else None, supernet.structure)
     supernet.activate(chosen)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models import resolve_model, resolve_ref
+from ..models import quiet_transformers, resolve_model, resolve_ref
 from .files import HF_SIDECAR, FoldSidecar, sidecar_path
 
 
@@ -18,7 +18,8 @@ def load_folded(path: Path, *, device: str = "cpu") -> tuple[nn.Module, str, Opt
     """(model, what it is, its task) of a folded Hugging Face directory or ``.safetensors`` file."""
     if path.is_dir():
         task = FoldSidecar.read(path / HF_SIDECAR).model_ref.task
-        model, _ = resolve_model(f"hf:{path}", device=device, task=task)
+        with quiet_transformers():  # glorac wrote it: transformers' load report has nothing to add
+            model, _ = resolve_model(f"hf:{path}", device=device, task=task)
         return model, "Hugging Face directory", task
     return _load_file(path, device), "folded file", None
 
